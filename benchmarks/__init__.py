@@ -1,0 +1,1 @@
+"""packetflow's benchmarks: ``python -m benchmarks`` prints the figures table."""

@@ -1,0 +1,5 @@
+"""``python -m packetflow`` runs the CLI."""
+
+from .cli import main
+
+main()

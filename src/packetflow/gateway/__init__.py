@@ -1,0 +1,1 @@
+"""The gateway: routes packets to reactors by affinity, watches their health, finds them."""

@@ -1,0 +1,72 @@
+"""The gateway's work connection to one reactor (DESIGN §2): dialled by the gateway, many
+SUBMITs in flight at once, replies and HEARTBEATs read back and handed to the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import WSMsgType
+
+from ..protocol.messages import decode_frame
+from ..transport import Peer
+
+if TYPE_CHECKING:
+    from .registry import ReactorRecord
+    from .server import Gateway
+
+log = logging.getLogger("packetflow.gateway.links")
+
+LINK_MAX_MSG = 8 * 1024 * 1024
+
+
+class ReactorLink:
+    def __init__(self, gateway: Gateway, record: ReactorRecord, url: str) -> None:
+        self.gateway = gateway
+        self.record = record
+        self.url = url
+        self.peer: Peer | None = None
+        self.closing = False  # set when the gateway closes it on purpose: no failover
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.peer is not None and not self.peer.closed
+
+    async def open(self, session: aiohttp.ClientSession, timeout: float = 5.0) -> None:
+        ws = await session.ws_connect(
+            self.url,
+            params={"role": "gateway", "source_id": self.gateway.gateway_id},
+            max_msg_size=LINK_MAX_MSG, decode_text=False, autoping=True,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeout),
+        )  # fmt: skip
+        self.peer = Peer(ws, f"gateway->{self.record.reactor_id}")
+        self._reader = asyncio.get_running_loop().create_task(self._read_loop(self.peer))
+
+    async def _read_loop(self, peer: Peer) -> None:
+        on_message = self.gateway.on_reactor_message
+        record = self.record
+        try:
+            async for frame in peer.ws:
+                if frame.type == WSMsgType.TEXT:
+                    for item in decode_frame(frame.data):
+                        on_message(record, item)
+                elif frame.type == WSMsgType.ERROR:
+                    break
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            log.info("link to %s failed: %s", record.reactor_id, exc)
+        finally:
+            await peer.close()
+            if self.peer is peer:
+                self.gateway.on_link_lost(record, self)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self.peer is not None:
+            await self.peer.close()

@@ -1,0 +1,121 @@
+"""The reactor registry, indexed by capability so routing never scans every reactor.
+
+An embedded, in-memory implementation behind a small interface (DESIGN §1): a NATS-backed
+registry can replace it for several gateways.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .links import ReactorLink
+
+
+@dataclass(slots=True, eq=False)
+class ReactorRecord:
+    """What the gateway knows of one reactor; satisfies ``protocol.routing.ReactorView``."""
+
+    reactor_id: str
+    specializations: tuple[str, ...]
+    implementation: str
+    capabilities: frozenset[tuple[str, str]]
+    capacity: int
+    endpoints: dict[str, str]
+    locality: str | None = None
+    version: str = "1.0.0"
+    source: str = "direct"  # direct, static, multicast, dnssd
+    in_flight: int = 0
+    reported_load: float = 0.0
+    health: str = "unknown"
+    last_seen: float = 0.0  # time.monotonic() of the last heartbeat or announce
+    last_heartbeat: dict[str, Any] | None = None
+    link: ReactorLink | None = None
+    adjustments: dict[str, float] = field(default_factory=dict)
+    flights: set[Any] = field(default_factory=set)
+    announce: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def load_ratio(self) -> float:
+        from ..protocol.routing import load_ratio
+
+        return load_ratio(self)
+
+    def adjustment(self, group: str) -> float:
+        return self.adjustments.get(group, 0.0)
+
+    def summary(self) -> dict[str, Any]:
+        hb = self.last_heartbeat or {}
+        return {
+            "reactor_id": self.reactor_id,
+            "implementation": self.implementation,
+            "version": self.version,
+            "specializations": list(self.specializations),
+            "health": self.health,
+            "in_flight": self.in_flight,
+            "max_capacity": self.capacity,
+            "load_factor": round(self.load_ratio, 4),
+            "endpoints": self.endpoints,
+            "locality": self.locality,
+            "source": self.source,
+            "capabilities": sorted(f"{g}:{e}" for g, e in self.capabilities),
+            "performance_metrics": hb.get("performance_metrics"),
+        }
+
+
+class ReactorRegistry:
+    def __init__(self) -> None:
+        self._records: dict[str, ReactorRecord] = {}
+        self._index: dict[tuple[str, str], dict[str, ReactorRecord]] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[ReactorRecord]:
+        return iter(list(self._records.values()))
+
+    def get(self, reactor_id: str) -> ReactorRecord | None:
+        return self._records.get(reactor_id)
+
+    def upsert(self, record: ReactorRecord) -> ReactorRecord:
+        """Add ``record`` or refresh the existing one with its announced facts."""
+        old = self._records.get(record.reactor_id)
+        if old is not None:
+            self._unindex(old)
+            old.specializations = record.specializations
+            old.implementation = record.implementation
+            old.capabilities = record.capabilities
+            old.capacity = record.capacity
+            old.endpoints = record.endpoints
+            old.locality = record.locality
+            old.version = record.version
+            old.announce = record.announce
+            old.last_seen = record.last_seen
+            record = old
+        self._records[record.reactor_id] = record
+        for key in record.capabilities:
+            self._index.setdefault(key, {})[record.reactor_id] = record
+        return record
+
+    def remove(self, reactor_id: str) -> ReactorRecord | None:
+        record = self._records.pop(reactor_id, None)
+        if record is not None:
+            self._unindex(record)
+        return record
+
+    def _unindex(self, record: ReactorRecord) -> None:
+        for key in record.capabilities:
+            bucket = self._index.get(key)
+            if bucket is not None:
+                bucket.pop(record.reactor_id, None)
+                if not bucket:
+                    del self._index[key]
+
+    def candidates(self, group: str, element: str) -> Iterable[ReactorRecord]:
+        bucket = self._index.get((group, element))
+        return bucket.values() if bucket else ()
+
+    def supports(self, group: str, element: str) -> bool:
+        return (group, element) in self._index

@@ -1,0 +1,741 @@
+"""The gateway process: accepts packets from clients, routes each to a reactor by the
+DESIGN §5 score, relays the reply, and keeps the registry of reactors.
+
+Every accepted packet ends in exactly one RESULT or ERROR to its submitter: it completes,
+fails over to another reactor, or is answered with the reason it could not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+import msgspec
+from aiohttp import WSMsgType, web
+
+from ..protocol import routing
+from ..protocol.chemistry import STANDARD_MATRIX, STANDARD_MATRIX_VERSION
+from ..protocol.errors import (
+    GatewayTimeout,
+    InvalidPacket,
+    LowAffinity,
+    NoReactorAvailable,
+    Overloaded,
+    PacketFlowError,
+    ProcessingFailed,
+)
+from ..protocol.idempotency import IdempotencyWindow
+from ..protocol.messages import (
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    Discover,
+    DiscoverPayload,
+    Error,
+    ErrorPayload,
+    FrameError,
+    Heartbeat,
+    Message,
+    Result,
+    ResultPayload,
+    RoutingPreferences,
+    Submit,
+    binary_frame_error,
+    decode_frame,
+    encode,
+    error_envelope,
+)
+from ..protocol.queueing import PriorityQueue, QueueEntry
+from ..protocol.relay import Admitted, admit_packet, client_result, forward_submit
+from ..transport import Peer, new_message_id, new_packet_id, now_ms
+from .links import ReactorLink
+from .metrics import GatewayMetrics
+from .registry import ReactorRecord, ReactorRegistry
+
+log = logging.getLogger("packetflow.gateway")
+
+SOCKET_MAX_MSG = 4 * MAX_FRAME_BYTES
+# Packets waiting for a reactor slot across all capabilities (DESIGN §5); past it, PF004.
+DEFAULT_MAX_QUEUE = 100_000
+# The gateway's own timer fires this long after a packet's deadline, so the reactor's
+# PF005 "timeout" (which says more) normally arrives first.
+DEADLINE_SLACK_S = 0.25
+# A packet whose reactor died while running it is re-dispatched at most this many times
+# before it fails as a poison packet (DESIGN §6: max_retries + 1 deliveries).
+DEFAULT_MAX_DELIVERIES = 4
+# Codes a reactor answers that mean "not here" rather than "this packet is bad": the
+# gateway tries another reactor at once instead of relaying them.
+REROUTE_CODES = frozenset({"PF003", "PF004", "PF503"})
+
+
+class ReplyTarget(Protocol):
+    def next_seq(self) -> int | None: ...
+    def send(self, frame: bytes) -> bool: ...
+
+
+@dataclass(slots=True, eq=False)
+class Flight:
+    """One accepted packet from acceptance to its single reply."""
+
+    msg: Submit
+    target: ReplyTarget
+    admitted: Admitted
+    packet_id: str
+    received: float  # time.monotonic()
+    received_ms: int
+    deadline: float
+    ttl_deadline: float | None
+    reactor: ReactorRecord | None = None
+    gateway_message_id: str | None = None
+    choice: routing.Chosen | None = None
+    timer: asyncio.TimerHandle | None = None
+    entry: QueueEntry[Flight] | None = None
+    queue_key: tuple[str, str] | None = None
+    deliveries: int = 0
+    tried: set[str] = field(default_factory=set)
+    dispatched_at: float = 0.0
+
+
+@dataclass(slots=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    gateway_id: str = field(default_factory=lambda: f"gateway-{uuid.uuid4().hex[:8]}")
+    max_queue: int = DEFAULT_MAX_QUEUE
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    static_reactors: tuple[str, ...] = ()
+
+
+class HttpTarget:
+    """Reply target for ``POST /v1/packets``: the reply completes a future."""
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def next_seq(self) -> int | None:
+        return None
+
+    def send(self, frame: bytes) -> bool:
+        if not self.future.done():
+            self.future.set_result(frame)
+        return True
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig | None = None) -> None:
+        self.config = config or GatewayConfig()
+        self.gateway_id = self.config.gateway_id
+        self.registry = ReactorRegistry()
+        self.matrix: dict[str, dict[str, float]] = {g: dict(r) for g, r in STANDARD_MATRIX.items()}
+        self.matrix_version = STANDARD_MATRIX_VERSION
+        self.pending: dict[str, Flight] = {}
+        self.waiting: dict[tuple[str, str], PriorityQueue[Flight]] = {}
+        self.queued = 0
+        self.window: IdempotencyWindow[bytes, tuple[Submit, ReplyTarget]] = IdempotencyWindow()
+        self.metrics = GatewayMetrics()
+        self._rr = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._peers: set[Peer] = set()
+        self.port = self.config.port
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def app(self) -> web.Application:
+        from .http import add_routes
+
+        app = web.Application(client_max_size=SOCKET_MAX_MSG)
+        app.router.add_get("/ws", self._ws)
+        add_routes(app, self)
+        return app
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        for url in self.config.static_reactors:
+            self._spawn(self._add_static(url))
+        log.info("gateway %s listening on ws://%s:%s/ws", self.gateway_id, self.config.host,
+                 self.port)  # fmt: skip
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for record in self.registry:
+            if record.link is not None:
+                record.link.closing = True
+                await record.link.close()
+        for peer in list(self._peers):
+            await peer.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def serve_forever(self) -> None:
+        from ..runner import announce_ready
+
+        await self.start()
+        announce_ready("gateway", self.gateway_id, f"ws://{self.config.host}:{self.port}/ws")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await self.stop()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ client frames
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=SOCKET_MAX_MSG, decode_text=False,
+                                   compress=True, heartbeat=None)  # fmt: skip
+        await ws.prepare(request)
+        peer = Peer(ws, f"gateway<-{request.remote}")
+        self._peers.add(peer)
+        try:
+            async for frame in ws:
+                if frame.type == WSMsgType.TEXT:
+                    self.on_frame(peer, frame.data)
+                elif frame.type == WSMsgType.BINARY:
+                    self._answer_frame_error(peer, binary_frame_error())
+                elif frame.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self._peers.discard(peer)
+            await peer.close()
+        return ws
+
+    def on_frame(self, peer: Peer, data: bytes) -> None:
+        for item in decode_frame(data):
+            if isinstance(item, Submit):
+                self.accept(item, peer)
+            elif isinstance(item, FrameError):
+                self._answer_frame_error(peer, item)
+            elif isinstance(item, Discover):
+                self._on_discover(peer, item)
+            elif isinstance(item, Heartbeat):
+                record = self.registry.get(item.payload.reactor_id)
+                if record is not None:
+                    self.on_heartbeat(record, item)
+            elif isinstance(item, Result | Error):
+                log.debug("ignoring %s from client %s", type(item).__name__, peer.name)
+            else:
+                self.answer_error(peer, InvalidPacket(
+                    f"This gateway does not serve {type(item).__name__.lower()} messages yet",
+                    field="message_type", expected_type="submit, discover or heartbeat",
+                    received_type=type(item).__name__.lower(), validation_rule="not_served",
+                ), item.message_id, None, item.source_id)  # fmt: skip
+
+    def _answer_frame_error(self, peer: Peer, item: FrameError) -> None:
+        self.answer_error(peer, item.error, item.message_id, item.packet_id)
+
+    def answer_error(
+        self,
+        target: ReplyTarget,
+        err: PacketFlowError,
+        correlation_id: str | None,
+        packet_id: str | None,
+        destination_id: str | None = None,
+    ) -> bytes:
+        self.metrics.errors.labels(err.code).inc()
+        frame = encode(error_envelope(
+            err, message_id=new_message_id(), now_ms=now_ms(), source_id=self.gateway_id,
+            correlation_id=correlation_id, packet_id=packet_id,
+            destination_id=destination_id if destination_id is not None else msgspec.UNSET,
+            sequence_id=target.next_seq(),
+        ))  # fmt: skip
+        target.send(frame)
+        return frame
+
+    # ------------------------------------------------------------------ packets
+
+    def accept(self, msg: Submit, target: ReplyTarget) -> None:
+        """Admit a client's SUBMIT: validate, apply defaults, route or queue."""
+        packet = msg.payload.packet
+        packet_id = packet.id or new_packet_id()
+        now = time.monotonic()
+        seen = self.window.lookup(packet_id, now)
+        if seen is not None:
+            if seen.outcome is None:
+                seen.waiters.append((msg, target))
+            else:
+                target.send(_recorrelate(seen.outcome, msg, target))
+            return
+        if msg.ttl == 0:
+            self.answer_error(target, _ttl_expired(packet_id), msg.message_id, packet_id,
+                              msg.source_id)  # fmt: skip
+            return
+        if not self.registry.supports(packet.group, packet.element):
+            self.answer_error(target, NoReactorAvailable(
+                f"No available reactors for {packet.group}:{packet.element}",
+                context={"packet_id": packet_id, "requested_group": packet.group,
+                         "requested_element": packet.element, "available_reactors": 0,
+                         "total_reactors": len(self.registry)},
+            ), msg.message_id, packet_id, msg.source_id)  # fmt: skip
+            return
+        admitted = admit_packet(msg, packet_id)
+        ttl_deadline = now + msg.ttl / 1000.0 if msg.ttl is not None else None
+        flight = Flight(
+            msg=msg, target=target, admitted=admitted, packet_id=packet_id, received=now,
+            received_ms=now_ms(), deadline=now + admitted.timeout_ms / 1000.0,
+            ttl_deadline=ttl_deadline,
+        )  # fmt: skip
+        self.window.begin(packet_id, now)
+        self.metrics.accepted.inc()
+        self.dispatch(flight)
+
+    def dispatch(self, flight: Flight) -> None:
+        packet = flight.admitted.packet
+        prefs = flight.msg.payload.routing_preferences
+        if flight.tried:
+            prefs = _avoiding(
+                prefs, flight.tried, self.registry.candidates(packet.group, packet.element)
+            )
+        self._rr += 1
+        decision = routing.decide(
+            self.registry.candidates(packet.group, packet.element),
+            group=packet.group, priority=flight.admitted.priority, matrix=self.matrix,
+            preferences=prefs, round_robin=self._rr,
+        )  # fmt: skip
+        if isinstance(decision, routing.Chosen):
+            record = self.registry.get(decision.reactor_id)
+            assert record is not None
+            self._send(flight, record, decision)
+        elif isinstance(decision, routing.MustWait):
+            self._enqueue(flight)
+        elif isinstance(decision, routing.BelowMinimumAffinity):
+            self._fail(flight, LowAffinity(
+                f"No reactor for {packet.group}:{packet.element} reaches minimum_affinity "
+                f"{decision.minimum} (best {decision.best_affinity:.2f})",
+                field="payload.routing_preferences.minimum_affinity",
+                context={"best_affinity": decision.best_affinity,
+                         "minimum_affinity": decision.minimum},
+            ))  # fmt: skip
+        else:
+            self._fail(flight, NoReactorAvailable(
+                f"No available reactors for {packet.group}:{packet.element}: {decision.reason}",
+                context={"requested_group": packet.group, "requested_element": packet.element,
+                         "total_reactors": len(self.registry)},
+            ))  # fmt: skip
+
+    def _send(self, flight: Flight, record: ReactorRecord, choice: routing.Chosen) -> None:
+        now = time.monotonic()
+        link = record.link
+        assert link is not None and link.peer is not None
+        ttl_left = None
+        if flight.ttl_deadline is not None:
+            ttl_left = int((flight.ttl_deadline - now) * 1000)
+            if ttl_left <= 0:
+                self._fail(flight, _ttl_expired(flight.packet_id))
+                return
+        timeout_left = int((flight.deadline - now) * 1000)
+        if timeout_left <= 0:
+            self._fail_deadline(flight)
+            return
+        message_id = new_message_id()
+        forwarded = forward_submit(
+            flight.msg, flight.admitted, message_id=message_id, now_ms=now_ms(),
+            source_id=self.gateway_id, destination_id=record.reactor_id,
+            sequence_id=link.peer.next_seq(), ttl_ms=ttl_left, timeout_ms=timeout_left,
+            affinity_score=choice.score, load_factor=choice.load_ratio,
+            selection_reason=choice.reason,
+        )  # fmt: skip
+        flight.reactor = record
+        flight.choice = choice
+        flight.gateway_message_id = message_id
+        flight.deliveries += 1
+        flight.tried.add(record.reactor_id)
+        flight.dispatched_at = now
+        record.in_flight += 1
+        record.flights.add(flight)
+        self.pending[message_id] = flight
+        flight.timer = asyncio.get_running_loop().call_later(
+            flight.deadline - now + DEADLINE_SLACK_S, self._deadline_passed, flight
+        )
+        if not link.peer.send(encode(forwarded)):
+            self._reroute(flight, "reactor connection closed while sending")
+        else:
+            self.metrics.routed.labels(record.reactor_id).inc()
+
+    def _enqueue(self, flight: Flight) -> None:
+        packet = flight.admitted.packet
+        key = (packet.group, packet.element)
+        if self.queued >= self.config.max_queue:
+            self._fail(flight, Overloaded(
+                f"Gateway queue is full ({self.queued} packets waiting)",
+                retry_delay_ms=1000, context={"queue_depth": self.queued},
+            ))  # fmt: skip
+            return
+        queue = self.waiting.get(key)
+        if queue is None:
+            queue = self.waiting[key] = PriorityQueue(self.config.max_queue)
+        flight.entry = queue.push(flight, flight.admitted.priority)
+        flight.queue_key = key
+        self.queued += 1
+        self.metrics.queue_depth.set(self.queued)
+        limit = flight.deadline if flight.ttl_deadline is None else min(
+            flight.deadline, flight.ttl_deadline
+        )  # fmt: skip
+        flight.timer = asyncio.get_running_loop().call_later(
+            max(0.0, limit - time.monotonic()), self._queued_expired, flight
+        )
+
+    def _unqueue(self, flight: Flight) -> bool:
+        if flight.entry is None or flight.queue_key is None:
+            return False
+        queue = self.waiting.get(flight.queue_key)
+        removed = queue is not None and queue.remove(flight.entry)
+        if removed:
+            self.queued -= 1
+            self.metrics.queue_depth.set(self.queued)
+            if queue is not None and not len(queue):
+                del self.waiting[flight.queue_key]
+        flight.entry = None
+        flight.queue_key = None
+        return removed
+
+    def _queued_expired(self, flight: Flight) -> None:
+        if not self._unqueue(flight):
+            return
+        if flight.ttl_deadline is not None and flight.ttl_deadline <= flight.deadline:
+            self._fail(flight, _ttl_expired(flight.packet_id))
+            return
+        packet = flight.admitted.packet
+        self._fail(flight, Overloaded(
+            f"No reactor slot for {packet.group}:{packet.element} freed before the packet's "
+            "deadline",
+            retry_delay_ms=1000,
+            context={"queued_ms": round((time.monotonic() - flight.received) * 1000),
+                     "queue_depth": self.queued},
+        ))  # fmt: skip
+
+    def _drain_waiting(self, record: ReactorRecord) -> None:
+        """A slot on ``record`` freed: hand it the best waiting packet it can run."""
+        while (
+            self.waiting
+            and record.in_flight < record.capacity
+            and record.health in ("healthy", "degraded", "recovery")
+        ):
+            best: tuple[int, int, tuple[str, str]] | None = None
+            for key, queue in self.waiting.items():
+                if key not in record.capabilities:
+                    continue
+                head = queue.peek()
+                if head is None or head.entry is None:
+                    continue
+                rank = (-head.entry.priority, head.entry.seq, key)
+                if best is None or rank < best:
+                    best = rank
+            if best is None:
+                return
+            flight = self.waiting[best[2]].peek()
+            assert flight is not None
+            self._unqueue(flight)
+            if flight.timer is not None:
+                flight.timer.cancel()
+            self.dispatch(flight)
+
+    # ------------------------------------------------------------------ replies
+
+    def on_reactor_message(self, record: ReactorRecord, item: Message | FrameError) -> None:
+        if isinstance(item, Result | Error):
+            flight = self.pending.pop(item.correlation_id or "", None)
+            if flight is None:
+                return  # late reply for a packet already answered (timeout, failover)
+            self._land(flight)
+            if isinstance(item, Result):
+                self._complete(flight, record, item.payload)
+            elif item.payload.error_code in REROUTE_CODES and self._has_alternative(flight):
+                self.dispatch(flight)
+            else:
+                self._relay_error(flight, item.payload)
+            self._drain_waiting(record)
+        elif isinstance(item, Heartbeat):
+            self.on_heartbeat(record, item)
+        elif isinstance(item, FrameError):
+            log.warning("bad frame from reactor %s: %s", record.reactor_id, item.error)
+
+    def _land(self, flight: Flight) -> None:
+        """The reactor is done with ``flight`` (answered, lost, or timed out)."""
+        if flight.timer is not None:
+            flight.timer.cancel()
+            flight.timer = None
+        record = flight.reactor
+        if record is not None:
+            record.in_flight -= 1
+            record.flights.discard(flight)
+        if flight.gateway_message_id is not None:
+            self.pending.pop(flight.gateway_message_id, None)
+            flight.gateway_message_id = None
+
+    def _complete(self, flight: Flight, record: ReactorRecord, payload: ResultPayload) -> None:
+        now = time.monotonic()
+        reply = client_result(
+            payload, client_message_id=flight.msg.message_id,
+            client_source_id=flight.msg.source_id, message_id=new_message_id(),
+            now_ms=now_ms(), source_id=self.gateway_id, sequence_id=flight.target.next_seq(),
+            total_ms=(now - flight.received) * 1000.0, reactor_id=record.reactor_id,
+            affinity_score=flight.choice.affinity if flight.choice else 0.0,
+        )  # fmt: skip
+        self._deliver(flight, encode(reply), replayable=True)
+        self.metrics.completed.inc()
+        self.metrics.latency.observe(now - flight.received)
+
+    def _relay_error(self, flight: Flight, payload: ErrorPayload) -> None:
+        reply = Error(
+            protocol_version=PROTOCOL_VERSION, message_id=new_message_id(), timestamp=now_ms(),
+            source_id=self.gateway_id, destination_id=flight.msg.source_id,
+            sequence_id=flight.target.next_seq(), correlation_id=flight.msg.message_id,
+            payload=payload,
+        )  # fmt: skip
+        self.metrics.errors.labels(payload.error_code).inc()
+        self._deliver(flight, encode(reply), replayable=not payload.retry_possible)
+
+    def _fail(self, flight: Flight, err: PacketFlowError) -> None:
+        """Answer the submitter with ``err``; the packet is over."""
+        self._land(flight)
+        frame = self.answer_error(flight.target, err, flight.msg.message_id, flight.packet_id,
+                                  flight.msg.source_id)  # fmt: skip
+        self._finish_window(flight, frame, replayable=not err.retryable)
+
+    def _deliver(self, flight: Flight, frame: bytes, *, replayable: bool) -> None:
+        flight.target.send(frame)
+        self._finish_window(flight, frame, replayable=replayable)
+
+    def _finish_window(self, flight: Flight, frame: bytes, *, replayable: bool) -> None:
+        waiters = self.window.finish(flight.packet_id, frame, replayable=replayable,
+                                     now=time.monotonic())  # fmt: skip
+        for msg, target in waiters:
+            target.send(_recorrelate(frame, msg, target))
+
+    def _deadline_passed(self, flight: Flight) -> None:
+        flight.timer = None
+        if flight.gateway_message_id is None:
+            return
+        reactor = flight.reactor
+        self._land(flight)
+        if reactor is not None:
+            self._drain_waiting(reactor)
+        self._fail_deadline(flight)
+
+    def _fail_deadline(self, flight: Flight) -> None:
+        if flight.ttl_deadline is not None and flight.ttl_deadline <= flight.deadline:
+            self._fail(flight, _ttl_expired(flight.packet_id))
+            return
+        self._fail(flight, GatewayTimeout(
+            f"Packet {flight.packet_id} got no reply within its timeout "
+            f"({flight.admitted.timeout_ms} ms)",
+            details={"reason": "timeout", "timeout_ms": flight.admitted.timeout_ms},
+            context={"reactor_id": flight.reactor.reactor_id if flight.reactor else None},
+        ))  # fmt: skip
+
+    def _has_alternative(self, flight: Flight) -> bool:
+        packet = flight.admitted.packet
+        return any(
+            r.reactor_id not in flight.tried
+            for r in self.registry.candidates(packet.group, packet.element)
+        )
+
+    def _reroute(self, flight: Flight, reason: str) -> None:
+        """The reactor running ``flight`` is gone: fail over, or fail as a poison packet."""
+        self._land(flight)
+        if flight.deliveries >= self.config.max_deliveries:
+            self._fail(flight, ProcessingFailed(
+                f"Packet {flight.packet_id} failed: reactor died while running it "
+                f"({flight.deliveries} deliveries)",
+                details={"reason": "reactor died while running it",
+                         "deliveries": flight.deliveries},
+                retryable=False,
+            ))  # fmt: skip
+            return
+        log.info("failing over packet %s: %s", flight.packet_id, reason)
+        self.metrics.failovers.inc()
+        self.dispatch(flight)
+
+    # ------------------------------------------------------------------ reactors
+
+    def _on_discover(self, peer: Peer, msg: Discover) -> None:
+        kind = msg.payload.discovery_type
+        if kind == "announce":
+            record = self.register(msg.payload, source="direct")
+            peer.remote_id = record.reactor_id
+            self._reply_discover(peer, msg, accepted=True)
+        elif kind == "query":
+            self._reply_discover(peer, msg, accepted=None)
+        else:
+            self.answer_error(peer, InvalidPacket(
+                f"discovery_type {kind!r} is answered, not sent, to a gateway",
+                field="payload.discovery_type", expected_type="announce or query",
+                received_type=kind, validation_rule="enum",
+            ), msg.message_id, None, msg.source_id)  # fmt: skip
+
+    def _reply_discover(self, peer: Peer, msg: Discover, *, accepted: bool | None) -> None:
+        reply = Discover(
+            protocol_version=PROTOCOL_VERSION, message_id=new_message_id(),
+            timestamp=now_ms(), source_id=self.gateway_id, destination_id=msg.source_id,
+            sequence_id=peer.next_seq(), correlation_id=msg.message_id,
+            payload=DiscoverPayload(
+                discovery_type="response", accepted=accepted,
+                reactors=[r.summary() for r in self.registry],
+            ),
+        )  # fmt: skip
+        peer.send(encode(reply))
+
+    def register(self, payload: DiscoverPayload, *, source: str) -> ReactorRecord:
+        """Add or refresh a reactor from its announce and make sure a link to it is up."""
+        info = payload.reactor_info
+        if info is None:
+            raise InvalidPacket("An announce needs reactor_info", field="payload.reactor_info",
+                                expected_type="object", received_type="missing",
+                                validation_rule="required_field")  # fmt: skip
+        capabilities = frozenset((p.group, p.element) for p in payload.supported_packets)
+        constraints = payload.operational_constraints or {}
+        capacity = int(constraints.get("max_concurrent_packets") or info.max_capacity or 1)
+        record = self.registry.upsert(ReactorRecord(
+            reactor_id=info.reactor_id, specializations=tuple(info.specializations),
+            implementation=info.implementation, capabilities=capabilities,
+            capacity=max(1, capacity), endpoints=dict(info.endpoints), locality=info.locality,
+            version=info.version, source=source, last_seen=time.monotonic(),
+            announce=msgspec.to_builtins(payload),
+        ))  # fmt: skip
+        if record.link is None or not record.link.up:
+            self._spawn(self._dial(record))
+        return record
+
+    async def _dial(self, record: ReactorRecord) -> None:
+        url = record.endpoints.get("websocket")
+        if not url or self._session is None:
+            log.warning("reactor %s announced no websocket endpoint", record.reactor_id)
+            return
+        link = ReactorLink(self, record, url)
+        delay = 0.05
+        for _attempt in range(8):
+            try:
+                await link.open(self._session)
+                break
+            except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+                log.info("dialling reactor %s at %s failed: %s", record.reactor_id, url, exc)
+                await asyncio.sleep(delay)
+                delay *= 2
+        else:
+            return
+        if self.registry.get(record.reactor_id) is not record:
+            await link.close()
+            return
+        old, record.link = record.link, link
+        if old is not None and old is not link:
+            old.closing = True
+            await old.close()
+        record.health = "healthy"
+        log.info("reactor %s linked (%s)", record.reactor_id, ",".join(record.specializations))
+        self._drain_waiting(record)
+
+    def on_link_lost(self, record: ReactorRecord, link: ReactorLink) -> None:
+        """DESIGN §2: losing the work connection marks the reactor failed at once and
+        fails over its in-flight packets."""
+        if record.link is not link or link.closing:
+            return
+        record.link = None
+        record.health = "failed"
+        log.warning("reactor %s connection lost; failing over %d packets", record.reactor_id,
+                    len(record.flights))  # fmt: skip
+        for flight in list(record.flights):
+            self._reroute(flight, f"reactor {record.reactor_id} connection lost")
+
+    def on_heartbeat(self, record: ReactorRecord, msg: Heartbeat) -> None:
+        payload = msg.payload
+        record.last_seen = time.monotonic()
+        record.last_heartbeat = msgspec.to_builtins(payload)
+        if payload.health_status is not None:
+            record.reported_load = max(0.0, min(1.0, payload.health_status.load_factor))
+
+    async def _add_static(self, url: str) -> None:
+        """A reactor from the static list: ask it to describe itself, then register it."""
+        from ..client import AsyncClient
+
+        client = AsyncClient(url, source_id=self.gateway_id)
+        delay = 0.1
+        while True:
+            try:
+                async with client:
+                    reply = await client.request(Discover(
+                        **client.envelope_fields(),
+                        payload=DiscoverPayload(discovery_type="query"),
+                    ), 10.0)  # fmt: skip
+                break
+            except (OSError, PacketFlowError, aiohttp.ClientError, TimeoutError) as exc:
+                log.info("static reactor %s not reachable: %s", url, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                client = AsyncClient(url, source_id=self.gateway_id)
+        if isinstance(reply, Discover):
+            self.register(reply.payload, source="static")
+
+    # ------------------------------------------------------------------ views
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "status": "healthy",
+            "gateway_id": self.gateway_id,
+            "protocol_version": PROTOCOL_VERSION,
+            "uptime_seconds": round(time.monotonic() - self.started, 1),
+            "reactors": len(self.registry),
+            "healthy_reactors": sum(1 for r in self.registry if r.health == "healthy"),
+            "in_flight": len(self.pending),
+            "queued": self.queued,
+            "affinity_matrix_version": self.matrix_version,
+        }
+
+
+def _ttl_expired(packet_id: str) -> GatewayTimeout:
+    return GatewayTimeout(
+        f"Packet {packet_id}'s TTL ran out before it could be forwarded",
+        field="ttl",
+        details={"reason": "ttl_expired"},
+    )
+
+
+def _avoiding(
+    prefs: RoutingPreferences | None, tried: set[str], candidates: Iterable[ReactorRecord]
+) -> RoutingPreferences | None:
+    """Preferences that also avoid reactors already tried, while any untried one remains."""
+    if not any(r.reactor_id not in tried for r in candidates):
+        return prefs
+    base = prefs or RoutingPreferences()
+    return msgspec.structs.replace(base, avoid_reactors=[*base.avoid_reactors, *tried])
+
+
+def _recorrelate(frame: bytes, msg: Submit, target: ReplyTarget) -> bytes:
+    """A stored reply re-addressed to a repeated SUBMIT (DESIGN §4 idempotency)."""
+    from ..protocol.messages import decode_one
+
+    stored = decode_one(frame)
+    assert isinstance(stored, Result | Error)
+    replay = msgspec.structs.replace(
+        stored, message_id=new_message_id(), timestamp=now_ms(),
+        correlation_id=msg.message_id, destination_id=msg.source_id,
+        sequence_id=target.next_seq(),
+    )  # fmt: skip
+    return encode(replay)

@@ -1,0 +1,96 @@
+"""The idempotency window of DESIGN §4: the same packet id never runs twice.
+
+A packet id seen again while it runs joins the running attempt; after success or a
+non-retryable failure the stored outcome is answered again; after a retryable failure the
+id is forgotten so it may run anew. The window is bounded in entries and in age.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Final, Generic, TypeVar
+
+T = TypeVar("T")
+W = TypeVar("W")
+
+# DESIGN §4: a bounded window, default 10,000 ids / 10 min.
+DEFAULT_MAX_ENTRIES: Final = 10_000
+DEFAULT_TTL_S: Final = 600.0
+# Entries examined for expiry on each admission: amortised cleanup without a timer.
+EVICT_SCAN: Final = 16
+
+
+@dataclass(slots=True)
+class Entry(Generic[T, W]):
+    started_at: float
+    outcome: T | None = None
+    finished_at: float | None = None
+    waiters: list[W] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.finished_at is None
+
+
+class IdempotencyWindow(Generic[T, W]):
+    """Outcomes of type T (e.g. the encoded reply), waiters of type W (who asked again)."""
+
+    def __init__(
+        self, max_entries: int = DEFAULT_MAX_ENTRIES, ttl_s: float = DEFAULT_TTL_S
+    ) -> None:
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._entries: OrderedDict[str, Entry[T, W]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, key: str, now: float) -> Entry[T, W] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.finished_at is not None and now - entry.finished_at > self.ttl_s:
+            del self._entries[key]
+            return None
+        return entry
+
+    def begin(self, key: str, now: float) -> Entry[T, W]:
+        entry: Entry[T, W] = Entry(started_at=now)
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        self._evict(now)
+        return entry
+
+    def finish(self, key: str, outcome: T, *, replayable: bool, now: float) -> list[W]:
+        """Record the outcome; returns the waiters that joined the running attempt.
+
+        A non-replayable outcome (a retryable error) forgets the id so it can run anew.
+        """
+        entry = self._entries.get(key)
+        if entry is None:
+            return []
+        waiters, entry.waiters = entry.waiters, []
+        if replayable:
+            entry.outcome = outcome
+            entry.finished_at = now
+        else:
+            del self._entries[key]
+        return waiters
+
+    def forget(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def _evict(self, now: float) -> None:
+        # Oldest first; running entries are kept unless the table is over its cap. Only a
+        # few of the oldest are examined per call, so admission stays O(1).
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        expired = [
+            key
+            for key, entry in islice(self._entries.items(), EVICT_SCAN)
+            if entry.finished_at is not None and now - entry.finished_at > self.ttl_s
+        ]
+        for key in expired:
+            del self._entries[key]

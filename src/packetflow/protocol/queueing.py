@@ -1,0 +1,78 @@
+"""A bounded priority queue ordered by priority (high first), then age (DESIGN §5, §10).
+
+Used by the gateway for packets waiting for a free reactor slot and by the reactor for
+packets waiting for a free handler slot. Removal is lazy so a timed-out entry costs O(1).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class QueueEntry(Generic[T]):
+    __slots__ = ("alive", "item", "priority", "seq")
+
+    def __init__(self, priority: int, seq: int, item: T) -> None:
+        self.priority = priority
+        self.seq = seq
+        self.item = item
+        self.alive = True
+
+    def __lt__(self, other: QueueEntry[T]) -> bool:
+        if self.priority != other.priority:
+            return self.priority > other.priority
+        return self.seq < other.seq
+
+
+class PriorityQueue(Generic[T]):
+    """Highest priority first, oldest first within a priority; at most ``capacity`` live
+    entries. ``push`` returns None when full (the caller answers PF004)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._heap: list[QueueEntry[T]] = []
+        self._live = 0
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return self._live
+
+    def push(self, item: T, priority: int) -> QueueEntry[T] | None:
+        if self._live >= self.capacity:
+            return None
+        entry = QueueEntry(priority, next(self._seq), item)
+        heapq.heappush(self._heap, entry)
+        self._live += 1
+        return entry
+
+    def pop(self) -> T | None:
+        while self._heap:
+            entry = heapq.heappop(self._heap)
+            if entry.alive:
+                entry.alive = False
+                self._live -= 1
+                return entry.item
+        return None
+
+    def peek(self) -> T | None:
+        while self._heap and not self._heap[0].alive:
+            heapq.heappop(self._heap)
+        return self._heap[0].item if self._heap else None
+
+    def remove(self, entry: QueueEntry[T]) -> bool:
+        """Drop ``entry`` if still queued; True when it was."""
+        if not entry.alive:
+            return False
+        entry.alive = False
+        self._live -= 1
+        if self._live == 0:
+            self._heap.clear()
+        return True
+
+    def __iter__(self) -> Iterator[T]:
+        return (e.item for e in sorted(self._heap) if e.alive)

@@ -1,0 +1,156 @@
+"""How the gateway rewrites messages on the way through (DESIGN §3, wire example §1-§4).
+
+A client's SUBMIT becomes the reactor's SUBMIT (message 2): new message_id, correlated to
+the client's message, TTL reduced by the time spent here, timeout capped by that TTL,
+chemical properties and routing hints attached. The reactor's RESULT becomes the client's
+RESULT (message 4) with processing metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from msgspec import Raw
+
+from .chemistry import chemical_properties
+from .messages import (
+    PROTOCOL_VERSION,
+    ChemicalPropertiesWire,
+    Packet,
+    Result,
+    ResultPayload,
+    Submit,
+    decode_json,
+    encode_json,
+)
+from .packets import default_priority, effective_timeout_ms
+
+
+def remaining_ttl_ms(ttl: int | None, received_at_ms: float, now_ms: float) -> int | None:
+    """TTL left after the time spent at this hop (DESIGN §3); None when there was none."""
+    if ttl is None:
+        return None
+    return max(0, int(ttl - (now_ms - received_at_ms)))
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A client packet after the gateway's defaults are applied (DESIGN §4)."""
+
+    packet: Packet
+    priority: int
+    timeout_ms: int
+
+
+def admit_packet(msg: Submit, packet_id: str) -> Admitted:
+    """Fill in id, priority and timeout (capped by Appendix C and the envelope TTL)."""
+    packet = msg.payload.packet
+    priority = packet.priority or msg.priority or default_priority(packet.group, packet.element)
+    timeout = effective_timeout_ms(packet.group, packet.element, packet.timeout_ms, msg.ttl)
+    if packet.id != packet_id or packet.priority != priority:
+        packet = msgspec.structs.replace(packet, id=packet_id, priority=priority)
+    return Admitted(packet, priority, timeout)
+
+
+def forward_submit(
+    msg: Submit,
+    admitted: Admitted,
+    *,
+    message_id: str,
+    now_ms: int,
+    source_id: str,
+    destination_id: str,
+    sequence_id: int | None,
+    ttl_ms: int | None,
+    timeout_ms: int,
+    affinity_score: float,
+    load_factor: float,
+    selection_reason: str,
+) -> Submit:
+    """Message 2 of the wire example."""
+    packet = admitted.packet
+    props = chemical_properties(packet.group, admitted.priority, len(packet.dependencies))
+    forwarded = msgspec.structs.replace(
+        packet,
+        timeout_ms=timeout_ms,
+        chemical_properties=ChemicalPropertiesWire(
+            props.reactivity, props.ionization_energy, props.atomic_radius,
+            props.electronegativity,
+        ),
+    )  # fmt: skip
+    return Submit(
+        protocol_version=PROTOCOL_VERSION,
+        message_id=message_id,
+        timestamp=now_ms,
+        source_id=source_id,
+        destination_id=destination_id,
+        sequence_id=sequence_id,
+        correlation_id=msg.message_id,
+        ttl=ttl_ms,
+        priority=msg.priority if msg.priority is not None else admitted.priority,
+        routing_hints={
+            "affinity_score": round(affinity_score, 4),
+            "load_factor": round(load_factor, 4),
+            "selection_reason": selection_reason,
+        },
+        payload=msgspec.structs.replace(msg.payload, packet=forwarded),
+    )
+
+
+_STATS_KEY = b'"processing_stats"'
+
+
+def split_processing_stats(data: Raw) -> tuple[Raw, float | None]:
+    """Remove ``processing_stats`` from result data; return it and its duration_ms.
+
+    Only results that carry the key are decoded, so large results pass through as bytes.
+    """
+    if _STATS_KEY not in bytes(memoryview(data)):
+        return data, None
+    value: Any = decode_json(data)
+    if not isinstance(value, dict):
+        return data, None
+    stats = value.pop("processing_stats", None)
+    duration = stats.get("duration_ms") if isinstance(stats, dict) else None
+    return Raw(encode_json(value)), float(duration) if isinstance(duration, int | float) else None
+
+
+def client_result(
+    reply: ResultPayload,
+    *,
+    client_message_id: str,
+    client_source_id: str,
+    message_id: str,
+    now_ms: int,
+    source_id: str,
+    sequence_id: int | None,
+    total_ms: float,
+    reactor_id: str,
+    affinity_score: float,
+) -> Result:
+    """Message 4 of the wire example."""
+    data, reactor_ms = split_processing_stats(reply.data)
+    reactor_ms = reactor_ms if reactor_ms is not None else 0.0
+    return Result(
+        protocol_version=PROTOCOL_VERSION,
+        message_id=message_id,
+        timestamp=now_ms,
+        source_id=source_id,
+        destination_id=client_source_id,
+        sequence_id=sequence_id,
+        correlation_id=client_message_id,
+        payload=ResultPayload(
+            packet_id=reply.packet_id,
+            status=reply.status,
+            data=data,
+            processing_metadata={
+                "total_duration_ms": round(total_ms, 3),
+                "reactor_duration_ms": round(reactor_ms, 3),
+                "routing_duration_ms": round(max(0.0, total_ms - reactor_ms), 3),
+                "reactor_id": reactor_id,
+                "affinity_score": round(affinity_score, 4),
+            },
+        ),
+    )

@@ -1,0 +1,1 @@
+"""The reactor: a worker process that serves PFAP packets over WebSocket."""

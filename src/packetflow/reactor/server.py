@@ -1,0 +1,340 @@
+"""The reactor process: serves ``/ws``, ``/health`` and ``/metrics``, announces itself to the
+gateway and sends HEARTBEATs on the connections the gateway dialled (DESIGN §2).
+
+This module only moves bytes: frames become messages (``protocol.messages``), SUBMITs go
+to the runtime's scheduler, and every reply the runtime builds is written back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiohttp import WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..client import AsyncClient
+from ..protocol.errors import InvalidPacket, PacketFlowError
+from ..protocol.messages import (
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    Discover,
+    DiscoverPayload,
+    FrameError,
+    Heartbeat,
+    HeartbeatPayload,
+    Submit,
+    binary_frame_error,
+    decode_frame,
+    encode,
+)
+from ..transport import Peer, new_message_id, now_ms
+from .elements import load_standard
+from .registry import Handler, Registry
+from .runtime import ReactorConfig, ReactorRuntime
+
+log = logging.getLogger("packetflow.reactor")
+
+# aiohttp closes the socket above this; frames between MAX_FRAME_BYTES and this get PF001
+# and the connection stays usable (DESIGN §3).
+SOCKET_MAX_MSG = 4 * MAX_FRAME_BYTES
+
+
+class Reactor:
+    """A PFAP reactor. Register extra elements, then ``run()`` (blocking) or ``start()``.
+
+    ``@reactor.element("df", "tokenize")`` on ``fn(data, ctx)`` adds an element; it is
+    announced to the gateway and listed by cf:introspect.
+    """
+
+    def __init__(
+        self,
+        *,
+        reactor_id: str | None = None,
+        specializations: Iterable[str] = ("general_purpose",),
+        gateway: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        implementation: str = "python",
+        max_concurrent_packets: int | None = None,
+        heartbeat_interval_s: float = 5.0,
+        data_dir: str | Path = "data",
+        locality: str | None = None,
+        grace_s: float = 10.0,
+        standard_elements: bool = True,
+    ) -> None:
+        config = ReactorConfig(
+            specializations=tuple(specializations), gateway_url=gateway, host=host, port=port,
+            implementation=implementation, heartbeat_interval_s=heartbeat_interval_s,
+            data_dir=Path(data_dir), locality=locality, grace_s=grace_s,
+        )  # fmt: skip
+        if reactor_id:
+            config.reactor_id = reactor_id
+        if max_concurrent_packets:
+            config.max_concurrent_packets = max_concurrent_packets
+        self.config = config
+        self.registry = Registry()
+        if standard_elements:
+            load_standard(self.registry)
+        self.runtime: ReactorRuntime | None = None
+        self._runner: web.AppRunner | None = None
+        self._gateway_peers: set[Peer] = set()
+        self._peers: set[Peer] = set()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopped = asyncio.Event() if _has_loop() else None
+        self.port: int = port
+
+    # ------------------------------------------------------------------ public API
+
+    def element(self, group: str, element: str, *, cpu_bound: bool = False,
+                data: dict[str, Any] | None = None,
+                result: str | None = None) -> Callable[[Handler], Handler]:  # fmt: skip
+        return self.registry.element(group, element, cpu_bound=cpu_bound, data=data,
+                                     result=result)  # fmt: skip
+
+    @property
+    def reactor_id(self) -> str:
+        return self.config.reactor_id
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.config.host}:{self.port}/ws"
+
+    def endpoints(self) -> dict[str, str]:
+        base = f"http://{self.config.host}:{self.port}"
+        return {"websocket": self.url, "http": base, "metrics": f"{base}/metrics",
+                "health": f"{base}/health"}  # fmt: skip
+
+    async def start(self) -> None:
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._stopped = asyncio.Event()
+        self.runtime = ReactorRuntime(self.config, self.registry)
+        self.runtime.on_shutdown = self._shutdown_requested
+        self.runtime.on_restart = self._restart_requested
+        app = web.Application()
+        app.router.add_get("/ws", self._ws)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._heartbeat_loop()))
+        if self.config.gateway_url:
+            await self._connect_gateway()
+        log.info("reactor %s (%s) serving %s", self.reactor_id,
+                 ",".join(self.config.specializations), self.url)  # fmt: skip
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful: stop accepting (PF503), finish in-flight work within the grace period."""
+        rt = self.runtime
+        if rt is not None:
+            await rt.drain(self.config.grace_s if grace_s is None else grace_s)
+        for peer in list(self._peers):
+            await peer.flush(1.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if rt is not None and rt.gateway is not None:
+            await rt.gateway.close()
+        for peer in list(self._peers):
+            await peer.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if rt is not None:
+            rt.close()
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    def run(self) -> None:
+        """Run until SIGTERM/SIGINT or cf:shutdown, then drain and return (exit code 0)."""
+        from ..runner import run_main
+
+        run_main(self._main())
+
+    async def _main(self) -> None:
+        from ..runner import announce_ready
+
+        await self.start()
+        announce_ready("reactor", self.reactor_id, self.url)
+        loop = asyncio.get_running_loop()
+        stop_now = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop_now.set)
+        assert self._stopped is not None
+        waiters = [loop.create_task(stop_now.wait()), loop.create_task(self._stopped.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+        if not self._stopped.is_set():
+            await self.stop()
+
+    # ------------------------------------------------------------------ gateway links
+
+    async def _connect_gateway(self) -> None:
+        assert self.runtime is not None
+        client = AsyncClient(self.config.gateway_url or "", source_id=self.reactor_id,
+                             reconnect=True, on_connect=self._announce)  # fmt: skip
+        self.runtime.gateway = client
+        try:
+            await client.connect()
+        except (OSError, PacketFlowError, TimeoutError) as exc:
+            # The gateway may start later: keep trying in the background.
+            log.warning("reactor %s: gateway %s not reachable yet (%s); retrying",
+                        self.reactor_id, self.config.gateway_url, exc)  # fmt: skip
+            self._tasks.append(asyncio.get_running_loop().create_task(self._keep_dialing(client)))
+
+    async def _keep_dialing(self, client: AsyncClient) -> None:
+        delay = 0.1
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await client.connect()
+                return
+            except (OSError, PacketFlowError, TimeoutError) as exc:
+                log.debug("reactor %s: gateway dial failed: %s", self.reactor_id, exc)
+                delay = min(delay * 2, 5.0)
+
+    async def _announce(self, client: AsyncClient) -> None:
+        assert self.runtime is not None
+        payload = msgspec.convert(self.runtime.announce_payload(self.endpoints()),
+                                  DiscoverPayload)  # fmt: skip
+        msg = Discover(**client.envelope_fields(), payload=payload)
+        reply = await client.request(msg, 10.0)
+        log.info("reactor %s announced to %s (%s)", self.reactor_id, client.url,
+                 type(reply).__name__)  # fmt: skip
+
+    def _shutdown_requested(self, grace_s: float) -> None:
+        asyncio.get_running_loop().create_task(self.stop(grace_s))
+
+    def _restart_requested(self) -> None:
+        async def restart() -> None:
+            rt = self.runtime
+            assert rt is not None
+            await rt.drain(self.config.grace_s)
+            rt.clear_caches()
+            rt.draining = False
+            if rt.gateway is not None and rt.gateway.connected:
+                await self._announce(rt.gateway)
+
+        asyncio.get_running_loop().create_task(restart())
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            self.send_heartbeats()
+
+    def send_heartbeats(self) -> None:
+        rt = self.runtime
+        if rt is None or not self._gateway_peers:
+            return
+        payload = msgspec.convert(rt.heartbeat_payload(), HeartbeatPayload)
+        for peer in list(self._gateway_peers):
+            msg = Heartbeat(
+                protocol_version=PROTOCOL_VERSION, message_id=new_message_id(),
+                timestamp=now_ms(), source_id=self.reactor_id, sequence_id=peer.next_seq(),
+                destination_id=peer.remote_id, payload=payload,
+            )  # fmt: skip
+            peer.send(encode(msg))
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=SOCKET_MAX_MSG, decode_text=False,
+                                   compress=True, heartbeat=None)  # fmt: skip
+        await ws.prepare(request)
+        peer = Peer(ws, f"reactor<-{request.remote}")
+        peer.remote_id = request.query.get("source_id")
+        self._peers.add(peer)
+        if request.query.get("role") == "gateway":
+            self._gateway_peers.add(peer)
+            self.send_heartbeats()  # the gateway learns our load at once
+        try:
+            async for frame in ws:
+                if frame.type == WSMsgType.TEXT:
+                    self._on_frame(peer, frame.data)
+                elif frame.type == WSMsgType.BINARY:
+                    self._on_error(peer, binary_frame_error())
+                elif frame.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self._gateway_peers.discard(peer)
+            self._peers.discard(peer)
+            await peer.close()
+        return ws
+
+    def _on_frame(self, peer: Peer, data: bytes) -> None:
+        rt = self.runtime
+        assert rt is not None
+        for item in decode_frame(data):
+            if isinstance(item, Submit):
+                rt.submit(item, peer)
+            elif isinstance(item, FrameError):
+                self._on_error(peer, item)
+            elif isinstance(item, Discover) and item.payload.discovery_type == "query":
+                self._answer_query(peer, item)
+            elif isinstance(item, Discover | Heartbeat):
+                continue  # a gateway's acknowledgements need no answer
+            else:
+                rt.error_to(peer, InvalidPacket(
+                    f"A reactor does not accept {type(item).__name__.lower()} messages",
+                    field="message_type", expected_type="submit, discover or heartbeat",
+                    received_type=type(item).__name__.lower(), validation_rule="not_served",
+                ), item.message_id)  # fmt: skip
+
+    def _on_error(self, peer: Peer, item: FrameError) -> None:
+        assert self.runtime is not None
+        self.runtime.error_to(peer, item.error, item.message_id, item.packet_id)
+
+    def _answer_query(self, peer: Peer, msg: Discover) -> None:
+        rt = self.runtime
+        assert rt is not None
+        announce = rt.announce_payload(self.endpoints())
+        announce["discovery_type"] = "response"
+        reply = Discover(
+            protocol_version=PROTOCOL_VERSION, message_id=new_message_id(),
+            timestamp=now_ms(), source_id=self.reactor_id, sequence_id=peer.next_seq(),
+            correlation_id=msg.message_id, destination_id=msg.source_id,
+            payload=msgspec.convert(announce, DiscoverPayload),
+        )  # fmt: skip
+        peer.send(encode(reply))
+
+    async def _health(self, request: web.Request) -> web.Response:
+        rt = self.runtime
+        assert rt is not None
+        body = rt.heartbeat_payload()
+        status = 503 if rt.draining else 200
+        return web.json_response(body, status=status)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        rt = self.runtime
+        assert rt is not None
+        return web.Response(body=generate_latest(rt.stats.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
+
+
+def _has_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

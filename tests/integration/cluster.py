@@ -1,0 +1,85 @@
+"""Real gateway and reactor processes on 127.0.0.1 ephemeral ports, for integration tests."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from subprocess import Popen
+from typing import Any, TypeVar
+
+from packetflow.cluster import read_ready, spawn, stop_all
+
+T = TypeVar("T")
+START_TIMEOUT_S = 20.0
+
+
+@dataclass
+class Node:
+    proc: Popen[bytes]
+    url: str
+    id: str
+
+    @property
+    def http(self) -> str:
+        return self.url.replace("ws://", "http://", 1).removesuffix("/ws")
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.http + path, timeout=5) as resp:
+            return json.load(resp)
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            value = predicate()
+        except (OSError, ValueError, KeyError):
+            value = None  # type: ignore[assignment]
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+@dataclass
+class Cluster:
+    nodes: list[Node] = field(default_factory=list)
+
+    def _start(self, args: list[str]) -> Node:
+        proc = spawn(["--log-level", "WARNING", *args], new_session=False)
+        ready = read_ready(proc, START_TIMEOUT_S)
+        if ready is None:
+            stop_all([proc], 2)
+            raise AssertionError(f"packetflow {' '.join(args)} did not start")
+        node = Node(proc, ready["url"], ready["id"])
+        self.nodes.append(node)
+        return node
+
+    def gateway(self, *args: str) -> Node:
+        return self._start(["gateway", "--port", "0", *args])
+
+    def reactor(self, gateway: Node | None, *args: str, linked: bool = True) -> Node:
+        extra = ["--gateway", gateway.url] if gateway is not None else []
+        node = self._start(["reactor", "--port", "0", *extra, *args])
+        if gateway is not None and linked:
+            wait_for(lambda: self.health_of(gateway, node.id) == "healthy", START_TIMEOUT_S,
+                     f"reactor {node.id} to link")  # fmt: skip
+        return node
+
+    @staticmethod
+    def health_of(gateway: Node, reactor_id: str) -> str | None:
+        for row in gateway.get("/v1/reactors")["reactors"]:
+            if row["reactor_id"] == reactor_id:
+                return str(row["health"])
+        return None
+
+    def stop(self) -> None:
+        stop_all([n.proc for n in reversed(self.nodes)], 10)
+        self.nodes.clear()
