@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import aiohttp
 import msgspec
 from aiohttp import WSMsgType
+from msgspec import UNSET, UnsetType
 
 from .protocol.errors import NetworkTimeout, PacketFlowError, ServiceUnavailable
 from .protocol.messages import (
@@ -300,7 +301,7 @@ class AsyncClient:
         routing_preferences: dict[str, Any] | RoutingPreferences | None = None,
         dependencies: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
-        destination_id: str | None = None,
+        destination_id: str | UnsetType | None = UNSET,
     ) -> Submit:
         prefs = routing_preferences
         if isinstance(prefs, dict):
@@ -314,8 +315,8 @@ class AsyncClient:
             data=msgspec.Raw(encode_json(data if data is not None else {})),
         )  # fmt: skip
         fields = self.envelope_fields()
-        if destination_id is not None:
-            fields["destination_id"] = destination_id
+        # UNSET: the gateway routes; a reactor id pins it there; None broadcasts (§4.1).
+        fields["destination_id"] = destination_id
         return Submit(
             **fields, ttl=ttl, priority=priority,
             payload=SubmitPayload(packet=packet, routing_preferences=prefs),

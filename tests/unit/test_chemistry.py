@@ -400,8 +400,21 @@ def test_hint_factor_locality_design_5() -> None:
 
 @pytest.mark.parametrize(("boost", "factor"), [(0.1, 1.1), (0.2, 1.2), (-0.5, 0.5), (1.0, 2.0)])
 def test_hint_factor_affinity_boost_design_5(boost: float, factor: float) -> None:
-    """DESIGN §5: ×(1 + affinity_boost) (PFAP §4.2.1 example boost 0.1)."""
-    assert _hint(affinity_boost=boost) == pytest.approx(factor)
+    """DESIGN §5: ×(1 + affinity_boost) for a reactor matching a stated preference
+    (PFAP §4.2.1 sends boost 0.1 beside preferred_implementation)."""
+    assert _hint(affinity_boost=boost, locality_preference="us-west-2") == pytest.approx(
+        factor * 1.1
+    )
+    assert _hint(affinity_boost=boost, preferred_implementation="python") == pytest.approx(
+        factor * 1.25
+    )
+
+
+def test_hint_factor_affinity_boost_skips_unmatched_reactors() -> None:
+    """A boost applied to every candidate alike could never change a choice: it goes to
+    the reactors that match the client's stated preference only."""
+    assert _hint(affinity_boost=0.5) == 1.0
+    assert _hint(affinity_boost=0.5, preferred_implementation="zig") == 1.0
 
 
 def test_hint_factor_all_hints_multiply_design_5() -> None:

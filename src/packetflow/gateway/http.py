@@ -9,7 +9,7 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..protocol.errors import InvalidMessage
+from ..protocol.errors import InvalidMessage, InvalidPacket, PacketFlowError
 from ..protocol.messages import (
     PROTOCOL_VERSION,
     FrameError,
@@ -41,7 +41,24 @@ def add_routes(app: web.Application, gateway: Gateway) -> None:
         return web.json_response({"reactors": [r.summary() for r in gateway.registry]})
 
     async def affinity(request: web.Request) -> web.Response:
-        return web.json_response({"version": gateway.matrix_version, "matrix": gateway.matrix})
+        return web.json_response({"version": gateway.matrix_version, "matrix": gateway.matrix,
+                                  "history": list(gateway.local.history)})  # fmt: skip
+
+    async def put_affinity(request: web.Request) -> web.Response:
+        """§6.4 by HTTP: body {"matrix_updates": {...}, "version"?: "1.1"}."""
+        try:
+            body = decode_json(await request.read())
+            if not isinstance(body, dict):
+                raise InvalidPacket("Body must be a JSON object", field="body",
+                                    expected_type="object", received_type=type(body).__name__,
+                                    validation_rule="type")  # fmt: skip
+            out = gateway.local.update_matrix(body, "body")
+        except msgspec.DecodeError as exc:
+            return _error_response(InvalidMessage(f"Invalid JSON format: {exc}", field="body",
+                                                  validation_rule="json"), 400)  # fmt: skip
+        except PacketFlowError as err:
+            return _error_response(err, 400)
+        return web.json_response(out)
 
     async def post_packet(request: web.Request) -> web.Response:
         from .server import HttpTarget
@@ -60,7 +77,12 @@ def add_routes(app: web.Application, gateway: Gateway) -> None:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/reactors", reactors)
     app.router.add_get("/v1/affinity", affinity)
+    app.router.add_put("/v1/affinity", put_affinity)
     app.router.add_post("/v1/packets", post_packet)
+
+
+def _error_response(err: PacketFlowError, status: int) -> web.Response:
+    return web.json_response({"error": err.to_payload()}, status=status)
 
 
 def _reply(frame: bytes, fallback: int) -> web.Response:

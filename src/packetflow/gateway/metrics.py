@@ -22,6 +22,9 @@ class GatewayMetrics:
             "Packets moved to another reactor after a loss",
             registry=r,
         )
+        self.retries = Counter("packetflow_gateway_retries",
+                               "Packets retried with backoff after a retryable ERROR",
+                               registry=r)  # fmt: skip
         self.queue_depth = Gauge("packetflow_gateway_queue_depth",
                                  "Packets waiting for a reactor slot", registry=r)  # fmt: skip
         self.latency = Histogram(

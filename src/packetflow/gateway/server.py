@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import random
 import signal
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -22,6 +25,7 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from ..protocol import routing
+from ..protocol.affinity import AffinityLearner
 from ..protocol.chemistry import STANDARD_MATRIX, STANDARD_MATRIX_VERSION
 from ..protocol.errors import (
     GatewayTimeout,
@@ -30,12 +34,14 @@ from ..protocol.errors import (
     NoReactorAvailable,
     Overloaded,
     PacketFlowError,
-    ProcessingFailed,
+    ServiceUnavailable,
 )
+from ..protocol.health import DEFAULT_HEALTH_CONFIG, HealthConfig
 from ..protocol.idempotency import IdempotencyWindow
 from ..protocol.messages import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
+    Coordinate,
     Discover,
     DiscoverPayload,
     Error,
@@ -49,14 +55,24 @@ from ..protocol.messages import (
     Submit,
     binary_frame_error,
     decode_frame,
+    decode_json,
     encode,
     error_envelope,
 )
 from ..protocol.queueing import PriorityQueue, QueueEntry
 from ..protocol.relay import Admitted, admit_packet, client_result, forward_submit
+from ..protocol.retry import (
+    DEFAULT_RETRY_POLICY,
+    RetryBudget,
+    RetryPolicy,
+    next_retry_delay_ms,
+    poison_packet_error,
+)
 from ..transport import Peer, new_message_id, new_packet_id, now_ms
 from .links import ReactorLink
+from .local import LocalElements
 from .metrics import GatewayMetrics
+from .monitor import REACTOR_FAULT_CODES, HealthMonitor
 from .registry import ReactorRecord, ReactorRegistry
 
 log = logging.getLogger("packetflow.gateway")
@@ -67,9 +83,6 @@ DEFAULT_MAX_QUEUE = 100_000
 # The gateway's own timer fires this long after a packet's deadline, so the reactor's
 # PF005 "timeout" (which says more) normally arrives first.
 DEADLINE_SLACK_S = 0.25
-# A packet whose reactor died while running it is re-dispatched at most this many times
-# before it fails as a poison packet (DESIGN §6: max_retries + 1 deliveries).
-DEFAULT_MAX_DELIVERIES = 4
 # Codes a reactor answers that mean "not here" rather than "this packet is bad": the
 # gateway tries another reactor at once instead of relaying them.
 REROUTE_CODES = frozenset({"PF003", "PF004", "PF503"})
@@ -98,9 +111,12 @@ class Flight:
     timer: asyncio.TimerHandle | None = None
     entry: QueueEntry[Flight] | None = None
     queue_key: tuple[str, str] | None = None
-    deliveries: int = 0
+    deliveries: int = 0  # times a reactor died while running it (poison rule)
+    retries: int = 0  # §10.3.1 retries after a retryable ERROR
     tried: set[str] = field(default_factory=set)
     dispatched_at: float = 0.0
+    prefer: str | None = None  # a reactor to use when it has a slot (covalent pairs)
+    pinned: str | None = None  # destination_id named this reactor: it and no other
 
 
 @dataclass(slots=True)
@@ -109,8 +125,32 @@ class GatewayConfig:
     port: int = 8080
     gateway_id: str = field(default_factory=lambda: f"gateway-{uuid.uuid4().hex[:8]}")
     max_queue: int = DEFAULT_MAX_QUEUE
-    max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    retry: RetryPolicy = DEFAULT_RETRY_POLICY
+    health: HealthConfig = DEFAULT_HEALTH_CONFIG
+    seed: int | None = None  # jitter RNG seed, for reproducible tests
     static_reactors: tuple[str, ...] = ()
+    # §8.1.2 multicast and §8.1.3 DNS-SD listeners (gateway/discovery/).
+    multicast: bool = False
+    multicast_group: str = "224.0.1.100"
+    multicast_port: int = 9999
+    dnssd: bool = False
+    # Where the molecule journal (SQLite) lives; journal_path overrides the file name.
+    data_dir: Path = field(default_factory=lambda: Path("data"))
+    journal_path: Path | None = None
+
+
+class CallbackTarget:
+    """Reply target for the gateway's own packets (molecules, gateway-local elements)."""
+
+    def __init__(self, on_frame: Callable[[bytes], None]) -> None:
+        self.on_frame = on_frame
+
+    def next_seq(self) -> int | None:
+        return None
+
+    def send(self, frame: bytes) -> bool:
+        self.on_frame(frame)
+        return True
 
 
 class HttpTarget:
@@ -140,13 +180,22 @@ class Gateway:
         self.queued = 0
         self.window: IdempotencyWindow[bytes, tuple[Submit, ReplyTarget]] = IdempotencyWindow()
         self.metrics = GatewayMetrics()
+        self.monitor = HealthMonitor(self, self.config.health)
+        self.retry_budget = RetryBudget()
+        self.rng = random.Random(self.config.seed)
+        self.local = LocalElements(self)
+        self.learner = AffinityLearner()
         self._rr = 0
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._peers: set[Peer] = set()
+        self._discovery: list[Any] = []  # listeners with an async close()
         self.port = self.config.port
         self.started = time.monotonic()
+        from .coordinator import MoleculeCoordinator
+
+        self.coordinator = MoleculeCoordinator(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -156,6 +205,7 @@ class Gateway:
         app = web.Application(client_max_size=SOCKET_MAX_MSG)
         app.router.add_get("/ws", self._ws)
         add_routes(app, self)
+        self.coordinator.add_routes(app)
         return app
 
     async def start(self) -> None:
@@ -169,10 +219,20 @@ class Gateway:
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         for url in self.config.static_reactors:
             self._spawn(self._add_static(url))
+        if self.config.multicast or self.config.dnssd:
+            from .discovery import start_discovery
+
+            self._discovery = await start_discovery(self)
+        self.monitor.start()
+        await self.coordinator.start()
         log.info("gateway %s listening on ws://%s:%s/ws", self.gateway_id, self.config.host,
                  self.port)  # fmt: skip
 
     async def stop(self) -> None:
+        await self.coordinator.stop()
+        await self.monitor.stop()
+        for listener in self._discovery:
+            await listener.close()
         for task in list(self._tasks):
             task.cancel()
         for record in self.registry:
@@ -224,6 +284,7 @@ class Gateway:
                     break
         finally:
             self._peers.discard(peer)
+            self.local.peer_closed(peer)
             await peer.close()
         return ws
 
@@ -239,6 +300,8 @@ class Gateway:
                 record = self.registry.get(item.payload.reactor_id)
                 if record is not None:
                     self.on_heartbeat(record, item)
+            elif isinstance(item, Coordinate):
+                self.coordinator.on_message(peer, item)
             elif isinstance(item, Result | Error):
                 log.debug("ignoring %s from client %s", type(item).__name__, peer.name)
             else:
@@ -271,7 +334,7 @@ class Gateway:
 
     # ------------------------------------------------------------------ packets
 
-    def accept(self, msg: Submit, target: ReplyTarget) -> None:
+    def accept(self, msg: Submit, target: ReplyTarget, *, prefer: str | None = None) -> None:
         """Admit a client's SUBMIT: validate, apply defaults, route or queue."""
         packet = msg.payload.packet
         packet_id = packet.id or new_packet_id()
@@ -287,6 +350,14 @@ class Gateway:
             self.answer_error(target, _ttl_expired(packet_id), msg.message_id, packet_id,
                               msg.source_id)  # fmt: skip
             return
+        destination = msg.destination_id
+        pinned = self.registry.get(destination) if isinstance(destination, str) else None
+        if destination is None:
+            self._broadcast(msg, target, packet_id)
+            return
+        if pinned is None and self.local.serves(packet.group, packet.element):
+            self.local.handle(msg, target, packet_id)
+            return
         if not self.registry.supports(packet.group, packet.element):
             self.answer_error(target, NoReactorAvailable(
                 f"No available reactors for {packet.group}:{packet.element}",
@@ -300,30 +371,61 @@ class Gateway:
         flight = Flight(
             msg=msg, target=target, admitted=admitted, packet_id=packet_id, received=now,
             received_ms=now_ms(), deadline=now + admitted.timeout_ms / 1000.0,
-            ttl_deadline=ttl_deadline,
+            ttl_deadline=ttl_deadline, prefer=prefer,
+            pinned=pinned.reactor_id if pinned is not None else None,
         )  # fmt: skip
         self.window.begin(packet_id, now)
         self.metrics.accepted.inc()
         self.dispatch(flight)
 
+    def submit_internal(
+        self, msg: Submit, on_frame: Callable[[bytes], None], *, prefer: str | None = None
+    ) -> None:
+        """Submit a packet on the gateway's own behalf; ``on_frame`` gets the encoded
+        RESULT or ERROR. ``prefer`` names a reactor to use when it has a free slot."""
+        self.accept(msg, CallbackTarget(on_frame), prefer=prefer)
+
     def dispatch(self, flight: Flight) -> None:
         packet = flight.admitted.packet
+        if flight.pinned is not None:
+            self._dispatch_pinned(flight)
+            return
+        if flight.prefer is not None and not flight.tried:
+            record = self.registry.get(flight.prefer)
+            if (
+                record is not None
+                and record.link is not None
+                and record.health in routing.ROUTABLE
+                and record.in_flight < record.capacity
+                and (packet.group, packet.element) in record.capabilities
+            ):
+                self._send(flight, record, routing.Chosen(
+                    record.reactor_id, 0.0, 0.0, record.load_ratio, "preferred_reactor"
+                ))  # fmt: skip
+                return
         prefs = flight.msg.payload.routing_preferences
         if flight.tried:
             prefs = _avoiding(
                 prefs, flight.tried, self.registry.candidates(packet.group, packet.element)
             )
-        self._rr += 1
-        decision = routing.decide(
-            self.registry.candidates(packet.group, packet.element),
-            group=packet.group, priority=flight.admitted.priority, matrix=self.matrix,
-            preferences=prefs, round_robin=self._rr,
-        )  # fmt: skip
-        if isinstance(decision, routing.Chosen):
+        candidates = self.registry.candidates(packet.group, packet.element)
+        monitor = self.monitor
+        for _ in range(8):
+            self._rr += 1
+            decision = routing.decide(
+                (r for r in candidates if not monitor.breaker_open(r)),
+                group=packet.group, priority=flight.admitted.priority, matrix=self.matrix,
+                preferences=prefs, round_robin=self._rr,
+            )  # fmt: skip
+            if not isinstance(decision, routing.Chosen):
+                break
             record = self.registry.get(decision.reactor_id)
             assert record is not None
-            self._send(flight, record, decision)
-        elif isinstance(decision, routing.MustWait):
+            if monitor.admits(record):  # a half-open breaker admits a few trials only
+                self._send(flight, record, decision)
+                return
+            prefs = _avoiding(prefs, {record.reactor_id}, candidates)
+        if isinstance(decision, routing.Chosen | routing.MustWait):
             self._enqueue(flight)
         elif isinstance(decision, routing.BelowMinimumAffinity):
             self._fail(flight, LowAffinity(
@@ -339,6 +441,68 @@ class Gateway:
                 context={"requested_group": packet.group, "requested_element": packet.element,
                          "total_reactors": len(self.registry)},
             ))  # fmt: skip
+
+    def _dispatch_pinned(self, flight: Flight) -> None:
+        """destination_id named a reactor: send it there (its own queue absorbs a burst)."""
+        packet = flight.admitted.packet
+        record = self.registry.get(flight.pinned or "")
+        if record is None or (packet.group, packet.element) not in record.capabilities:
+            self._fail(flight, NoReactorAvailable(
+                f"Reactor {flight.pinned} is not registered or does not serve "
+                f"{packet.group}:{packet.element}",
+                field="destination_id", context={"destination_id": flight.pinned},
+            ))  # fmt: skip
+            return
+        if record.link is None or record.health not in routing.ROUTABLE:
+            self._fail(flight, ServiceUnavailable(
+                f"Reactor {record.reactor_id} is {record.health}", field="destination_id",
+                retry_delay_ms=1000, context={"destination_id": record.reactor_id},
+            ))  # fmt: skip
+            return
+        self._send(flight, record, routing.Chosen(
+            record.reactor_id, 0.0, 0.0, record.load_ratio, "destination_id"
+        ))  # fmt: skip
+
+    def _broadcast(self, msg: Submit, target: ReplyTarget, packet_id: str) -> None:
+        """destination_id null (§4.1): run the packet on every routable reactor that
+        supports it and answer one RESULT: {"results": {reactor_id: data},
+        "errors": {reactor_id: error payload}}."""
+        packet = msg.payload.packet
+        records = [r for r in self.registry.candidates(packet.group, packet.element)
+                   if r.link is not None and r.health in routing.ROUTABLE]  # fmt: skip
+        if not records:
+            self.answer_error(target, NoReactorAvailable(
+                f"No routable reactor supports {packet.group}:{packet.element} for a broadcast",
+                context={"requested_group": packet.group, "requested_element": packet.element},
+            ), msg.message_id, packet_id, msg.source_id)  # fmt: skip
+            return
+        started = time.monotonic()
+        results: dict[str, Any] = {}
+        errors: dict[str, Any] = {}
+        waiting = {r.reactor_id for r in records}
+
+        def collect(reactor_id: str, frame: bytes) -> None:
+            from ..protocol.messages import decode_one
+
+            reply = decode_one(frame)
+            if isinstance(reply, Result):
+                results[reactor_id] = decode_json(reply.payload.data)
+            elif isinstance(reply, Error):
+                errors[reactor_id] = msgspec.to_builtins(reply.payload)
+            waiting.discard(reactor_id)
+            if not waiting:
+                self.local.reply(msg, target, packet_id, {
+                    "results": results, "errors": errors, "reactors": len(records),
+                    "duration_ms": round((time.monotonic() - started) * 1000.0, 3),
+                })  # fmt: skip
+
+        for record in records:
+            child = msgspec.structs.replace(
+                msg, message_id=new_message_id(), destination_id=record.reactor_id,
+                payload=msgspec.structs.replace(msg.payload, packet=msgspec.structs.replace(
+                    packet, id=f"{packet_id}@{record.reactor_id}")),
+            )  # fmt: skip
+            self.accept(child, CallbackTarget(functools.partial(collect, record.reactor_id)))
 
     def _send(self, flight: Flight, record: ReactorRecord, choice: routing.Chosen) -> None:
         now = time.monotonic()
@@ -365,7 +529,6 @@ class Gateway:
         flight.reactor = record
         flight.choice = choice
         flight.gateway_message_id = message_id
-        flight.deliveries += 1
         flight.tried.add(record.reactor_id)
         flight.dispatched_at = now
         record.in_flight += 1
@@ -436,7 +599,7 @@ class Gateway:
         while (
             self.waiting
             and record.in_flight < record.capacity
-            and record.health in ("healthy", "degraded", "recovery")
+            and record.health in routing.ROUTABLE
         ):
             best: tuple[int, int, tuple[str, str]] | None = None
             for key, queue in self.waiting.items():
@@ -461,21 +624,71 @@ class Gateway:
 
     def on_reactor_message(self, record: ReactorRecord, item: Message | FrameError) -> None:
         if isinstance(item, Result | Error):
+            if self.monitor.on_reply(record, item):
+                return
             flight = self.pending.pop(item.correlation_id or "", None)
             if flight is None:
                 return  # late reply for a packet already answered (timeout, failover)
             self._land(flight)
+            self._learn(flight, record, isinstance(item, Result) or
+                        item.payload.error_code not in REACTOR_FAULT_CODES)  # fmt: skip
             if isinstance(item, Result):
+                self.monitor.packet_finished(record, None)
                 self._complete(flight, record, item.payload)
-            elif item.payload.error_code in REROUTE_CODES and self._has_alternative(flight):
-                self.dispatch(flight)
             else:
-                self._relay_error(flight, item.payload)
+                self._reactor_error(flight, record, item.payload)
             self._drain_waiting(record)
         elif isinstance(item, Heartbeat):
             self.on_heartbeat(record, item)
         elif isinstance(item, FrameError):
             log.warning("bad frame from reactor %s: %s", record.reactor_id, item.error)
+
+    def _reactor_error(self, flight: Flight, record: ReactorRecord, payload: ErrorPayload) -> None:
+        """A reactor answered ERROR: try elsewhere, retry with backoff, or relay it."""
+        code = payload.error_code
+        self.monitor.packet_finished(record, code)
+        if code in REROUTE_CODES and self._has_alternative(flight):
+            self.dispatch(flight)  # "not here": another reactor at once
+            return
+        if payload.retry_possible and self._schedule_retry(flight, code):
+            return
+        self._relay_error(flight, payload)
+
+    def _schedule_retry(self, flight: Flight, code: str) -> bool:
+        """§10.3.1 exponential backoff with jitter, within the packet's deadline and the
+        DESIGN §6 retry budget; the retry avoids the reactors already tried."""
+        now = time.monotonic()
+        delay = next_retry_delay_ms(code, flight.retries + 1, flight.deadline, now, self.rng,
+                                    self.config.retry)  # fmt: skip
+        if delay is None or not self.retry_budget.try_acquire(len(self.pending)):
+            return False
+        flight.retries += 1
+        self.metrics.retries.inc()
+
+        def fire() -> None:
+            self.retry_budget.release()
+            flight.timer = None
+            self.dispatch(flight)
+
+        flight.timer = asyncio.get_running_loop().call_later(delay / 1000.0, fire)
+        return True
+
+    def _learn(self, flight: Flight, record: ReactorRecord, ok: bool) -> None:
+        """§6.3.2: fold the observed latency and outcome into the reactor's adjustment."""
+        group = flight.admitted.packet.group
+        latency_ms = (time.monotonic() - flight.dispatched_at) * 1000.0
+        record.adjustments[group] = self.learner.observe(record.reactor_id, group, latency_ms,
+                                                         ok)  # fmt: skip
+
+    def decay_adjustments(self, now: float) -> None:
+        for (reactor_id, group), value in self.learner.decay(now).items():
+            record = self.registry.get(reactor_id)
+            if record is not None:
+                record.adjustments[group] = value
+
+    def slot_freed(self, record: ReactorRecord) -> None:
+        """A reactor has room (a reply, or it became routable): feed it waiting packets."""
+        self._drain_waiting(record)
 
     def _land(self, flight: Flight) -> None:
         """The reactor is done with ``flight`` (answered, lost, or timed out)."""
@@ -561,14 +774,10 @@ class Gateway:
     def _reroute(self, flight: Flight, reason: str) -> None:
         """The reactor running ``flight`` is gone: fail over, or fail as a poison packet."""
         self._land(flight)
-        if flight.deliveries >= self.config.max_deliveries:
-            self._fail(flight, ProcessingFailed(
-                f"Packet {flight.packet_id} failed: reactor died while running it "
-                f"({flight.deliveries} deliveries)",
-                details={"reason": "reactor died while running it",
-                         "deliveries": flight.deliveries},
-                retryable=False,
-            ))  # fmt: skip
+        flight.deliveries += 1
+        poison = poison_packet_error(flight.packet_id, flight.deliveries, self.config.retry)
+        if poison is not None:
+            self._fail(flight, poison)
             return
         log.info("failing over packet %s: %s", flight.packet_id, reason)
         self.metrics.failovers.inc()
@@ -648,9 +857,8 @@ class Gateway:
         if old is not None and old is not link:
             old.closing = True
             await old.close()
-        record.health = "healthy"
         log.info("reactor %s linked (%s)", record.reactor_id, ",".join(record.specializations))
-        self._drain_waiting(record)
+        self.monitor.linked(record)
 
     def on_link_lost(self, record: ReactorRecord, link: ReactorLink) -> None:
         """DESIGN §2: losing the work connection marks the reactor failed at once and
@@ -658,14 +866,28 @@ class Gateway:
         if record.link is not link or link.closing:
             return
         record.link = None
-        record.health = "failed"
+        self.monitor.connection_lost(record)
         log.warning("reactor %s connection lost; failing over %d packets", record.reactor_id,
                     len(record.flights))  # fmt: skip
         for flight in list(record.flights):
             self._reroute(flight, f"reactor {record.reactor_id} connection lost")
 
+    def depart(self, record: ReactorRecord) -> None:
+        """The reactor left (silent past departure_after_s): drop it, fail over its work."""
+        if self.registry.remove(record.reactor_id) is None:
+            return
+        self.monitor.forget(record.reactor_id)
+        self.learner.forget(record.reactor_id)
+        link, record.link = record.link, None
+        if link is not None:
+            link.closing = True
+            self._spawn(link.close())
+        for flight in list(record.flights):
+            self._reroute(flight, f"reactor {record.reactor_id} departed")
+
     def on_heartbeat(self, record: ReactorRecord, msg: Heartbeat) -> None:
         payload = msg.payload
+        self.monitor.heartbeat(record, msg)
         record.last_seen = time.monotonic()
         record.last_heartbeat = msgspec.to_builtins(payload)
         if payload.health_status is not None:

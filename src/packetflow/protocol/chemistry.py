@@ -159,13 +159,22 @@ def hint_factor(
     locality_preference: str | None,
     affinity_boost: float,
 ) -> float:
-    """The §6.3.1 client-hint multiplier of DESIGN §5."""
-    factor = 1.0 + affinity_boost
+    """The §6.3.1 client-hint multiplier of DESIGN §5.
+
+    ×1.25 for a ``preferred_implementation`` match, ×1.1 for a ``locality_preference``
+    match, and ×(1 + ``affinity_boost``) for a reactor that matches a stated preference.
+    The boost goes to matching reactors only: applied to every candidate alike it would
+    never change a choice, and §4.2.1 sends it beside ``preferred_implementation``.
+    """
+    factor = 1.0
+    matched = False
     if preferred_implementation is not None and preferred_implementation == implementation:
         factor *= PREFERRED_IMPLEMENTATION_FACTOR
+        matched = True
     if locality_preference is not None and locality is not None and locality == locality_preference:
         factor *= LOCALITY_FACTOR
-    return factor
+        matched = True
+    return factor * (1.0 + affinity_boost) if matched else factor
 
 
 def apply_matrix_updates(

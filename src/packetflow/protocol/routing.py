@@ -20,6 +20,8 @@ from .chemistry import (
 )
 from .messages import RoutingPreferences
 
+# Health states that may receive packets (DESIGN §5: unknown and failed are not eligible).
+ROUTABLE = frozenset(HEALTH_BONUS)
 # Scores closer than this are a tie (DESIGN §5 tie rule).
 TIE_EPSILON = 1e-9
 

@@ -1,0 +1,257 @@
+"""Health monitoring (§9): probes each linked reactor with cf:ping and cf:health on the §9.2
+schedule, feeds probes, heartbeats, packet outcomes and connection losses to each
+reactor's ``protocol.health.HealthTracker``, and applies the transitions it returns.
+
+The decisions are the tracker's; this module only keeps the clock and the sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..protocol.breaker import CircuitBreaker
+from ..protocol.health import (
+    CheckKind,
+    ConnectionLost,
+    HealthConfig,
+    HealthInput,
+    HealthReported,
+    HealthTracker,
+    HeartbeatReceived,
+    PacketFinished,
+    ProbeFailed,
+    ProbeSucceeded,
+    TimerFired,
+)
+from ..protocol.messages import (
+    PROTOCOL_VERSION,
+    Error,
+    Heartbeat,
+    Packet,
+    Result,
+    Submit,
+    SubmitPayload,
+    encode,
+)
+from ..protocol.routing import ROUTABLE
+from ..transport import new_message_id, now_ms
+
+if TYPE_CHECKING:
+    from .registry import ReactorRecord
+    from .server import Gateway
+
+log = logging.getLogger("packetflow.gateway.health")
+
+# Error codes that say the reactor (not the packet) is in trouble: they count against its
+# health and its circuit breaker. Validation errors are the submitter's fault.
+REACTOR_FAULT_CODES = frozenset({"PF005", "PF500", "PF501", "PF502", "PF503", "PF504"})
+
+
+@dataclass(slots=True)
+class _Probe:
+    record: ReactorRecord
+    kind: CheckKind
+    sent: float
+    timer: asyncio.TimerHandle
+
+
+class HealthMonitor:
+    def __init__(self, gateway: Gateway, config: HealthConfig) -> None:
+        self.gateway = gateway
+        self.config = config
+        self.trackers: dict[str, HealthTracker] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.probes: dict[str, _Probe] = {}
+        self._next_due: dict[tuple[str, CheckKind], float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for probe in self.probes.values():
+            probe.timer.cancel()
+        self.probes.clear()
+
+    def tracker(self, record: ReactorRecord) -> HealthTracker:
+        tracker = self.trackers.get(record.reactor_id)
+        if tracker is None:
+            tracker = self.trackers[record.reactor_id] = HealthTracker(
+                record.reactor_id, time.monotonic(), self.config
+            )
+            self.breakers[record.reactor_id] = CircuitBreaker(record.reactor_id)
+        return tracker
+
+    def forget(self, reactor_id: str) -> None:
+        self.trackers.pop(reactor_id, None)
+        self.breakers.pop(reactor_id, None)
+        for key in [k for k in self._next_due if k[0] == reactor_id]:
+            del self._next_due[key]
+
+    def observe(self, record: ReactorRecord, event: HealthInput) -> None:
+        transition = self.tracker(record).observe(event)
+        if transition is None:
+            return
+        record.health = transition.new.value
+        level = logging.WARNING if transition.new.value in ("failed", "degraded") else logging.INFO
+        log.log(level, "reactor %s: %s -> %s (%s)", record.reactor_id, transition.old.value,
+                transition.new.value, transition.reason)  # fmt: skip
+        if transition.new.value in ROUTABLE:
+            self.gateway.slot_freed(record)
+
+    # ------------------------------------------------------------------ inputs
+
+    def linked(self, record: ReactorRecord) -> None:
+        """A work connection is up: probe at once (unknown/failed → healthy/recovery)."""
+        self.tracker(record)
+        self._probe(record, CheckKind.PING)
+
+    def connection_lost(self, record: ReactorRecord) -> None:
+        self.observe(record, ConnectionLost(time.monotonic()))
+        breaker = self.breakers.get(record.reactor_id)
+        if breaker is not None:
+            breaker.record_failure(time.monotonic())
+
+    def heartbeat(self, record: ReactorRecord, msg: Heartbeat) -> None:
+        now = time.monotonic()
+        self.observe(record, HeartbeatReceived(now))
+        status = msg.payload.health_status
+        perf = msg.payload.performance_metrics or {}
+        load = msg.payload.load_metrics or {}
+        util = load.get("resource_utilization") or {}
+        memory = util.get("system_memory_percent")
+        error_rate = perf.get("error_rate")
+        # CPU is not passed: a busy worker saturating its core is working, not exhausted;
+        # memory exhaustion (§9.4.1) is what kills processes.
+        self.observe(record, HealthReported(
+            now,
+            status=status.status if status is not None else None,
+            memory=memory / 100.0 if isinstance(memory, int | float) else None,
+            error_rate=error_rate if isinstance(error_rate, int | float) else None,
+        ))  # fmt: skip
+
+    def packet_finished(self, record: ReactorRecord, error_code: str | None) -> None:
+        now = time.monotonic()
+        fault = error_code in REACTOR_FAULT_CODES
+        self.observe(record, PacketFinished(now, ok=not fault))
+        breaker = self.breakers.get(record.reactor_id)
+        if breaker is not None:
+            if fault:
+                breaker.record_failure(now)
+            else:
+                breaker.record_success(now)
+
+    def admits(self, record: ReactorRecord) -> bool:
+        """The §10.3.2 breaker's say; a half-open breaker admits a few trial packets."""
+        breaker = self.breakers.get(record.reactor_id)
+        return breaker is None or breaker.allow(time.monotonic())
+
+    def breaker_open(self, record: ReactorRecord) -> bool:
+        breaker = self.breakers.get(record.reactor_id)
+        if breaker is None:
+            return False
+        breaker.poll(time.monotonic())
+        return breaker.state.value == "open"
+
+    # ------------------------------------------------------------------ probes
+
+    def on_reply(self, record: ReactorRecord, msg: Result | Error) -> bool:
+        """A reply to one of our probes? Then it is consumed here."""
+        probe = self.probes.pop(msg.correlation_id or "", None)
+        if probe is None:
+            return False
+        probe.timer.cancel()
+        now = time.monotonic()
+        latency_ms = (now - probe.sent) * 1000.0
+        if isinstance(msg, Error):
+            self.observe(record, ProbeFailed(now, msg.payload.error_code, probe.kind))
+            return True
+        self.observe(record, ProbeSucceeded(now, latency_ms, probe.kind))
+        if probe.kind is CheckKind.HEALTH:
+            self._health_result(record, msg, now)
+        return True
+
+    def _health_result(self, record: ReactorRecord, msg: Result, now: float) -> None:
+        from ..protocol.messages import decode_json
+
+        data: Any = decode_json(msg.payload.data)
+        if not isinstance(data, dict):
+            return
+        resources = data.get("resource_status") or {}
+        memory = resources.get("memory_usage_percent")
+        indicators = data.get("performance_indicators") or {}
+        error_rate = indicators.get("error_rate_5min")
+        self.observe(record, HealthReported(
+            now, status=data.get("status"),
+            memory=memory / 100.0 if isinstance(memory, int | float) else None,
+            error_rate=error_rate if isinstance(error_rate, int | float) else None,
+        ))  # fmt: skip
+
+    def _probe(self, record: ReactorRecord, kind: CheckKind) -> None:
+        link = record.link
+        if link is None or link.peer is None or link.peer.closed:
+            return
+        element = "ping" if kind is CheckKind.PING else "health"
+        schedule = self.config.schedule(kind)
+        message_id = new_message_id()
+        data = b'{"echo_data":"health_check"}' if kind is CheckKind.PING else b"{}"
+        msg = Submit(
+            protocol_version=PROTOCOL_VERSION, message_id=message_id, timestamp=now_ms(),
+            source_id=self.gateway.gateway_id, destination_id=record.reactor_id,
+            sequence_id=link.peer.next_seq(),
+            payload=SubmitPayload(packet=Packet(
+                group="cf", element=element, id=f"probe_{message_id}", priority=10,
+                timeout_ms=max(1, int(schedule.timeout_s * 1000)), data=_raw(data),
+            )),
+        )  # fmt: skip
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        timer = loop.call_later(schedule.timeout_s, self._probe_timed_out, message_id)
+        self.probes[message_id] = _Probe(record, kind, now, timer)
+        link.peer.send(encode(msg))
+
+    def _probe_timed_out(self, message_id: str) -> None:
+        probe = self.probes.pop(message_id, None)
+        if probe is not None:
+            self.observe(probe.record, ProbeFailed(time.monotonic(), "timeout", probe.kind))
+
+    async def _run(self) -> None:
+        """One loop drives every schedule: it wakes at a fraction of the shortest interval."""
+        tick = max(0.01, min(self.config.ping.interval_s, self.config.ping.timeout_s) / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            self.gateway.decay_adjustments(now)
+            for record in self.gateway.registry:
+                tracker = self.tracker(record)
+                self.observe(record, TimerFired(now))
+                if tracker.departed(now):
+                    log.warning("reactor %s silent for %.1f s: removing it", record.reactor_id,
+                                now - tracker.last_seen)  # fmt: skip
+                    self.gateway.depart(record)
+                    continue
+                for kind in (CheckKind.PING, CheckKind.HEALTH):
+                    key = (record.reactor_id, kind)
+                    due = self._next_due.get(key)
+                    if due is None:
+                        self._next_due[key] = now + self.config.schedule(kind).interval_s
+                    elif now >= due:
+                        self._next_due[key] = now + self.config.schedule(kind).interval_s
+                        self._probe(record, kind)
+
+
+def _raw(data: bytes) -> Any:
+    from msgspec import Raw
+
+    return Raw(data)

@@ -1,0 +1,219 @@
+"""The gateway with real reactor processes: affinity routing (§3.3, §6.2), client hints
+(§6.3.1), failover (DESIGN §6), health monitoring (§9.3), matrix updates (§6.4)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import urllib.request
+
+import pytest
+
+import packetflow
+from packetflow.protocol.errors import PacketFlowError
+
+from .cluster import Cluster, Node, wait_for
+
+PROBE = ("--module", "tests.integration.probe_elements")
+
+
+def whoami(url: str, group: str, **options: object) -> str:
+    with packetflow.connect_sync(url) as pf:
+        return str(pf.submit(group, "whoami", {}, **options).data["reactor_id"])
+
+
+def test_each_group_goes_to_its_best_specialization_3_3(cluster: Cluster) -> None:
+    gateway = cluster.gateway()
+    for spec in ("cpu_intensive", "memory_bound", "io_intensive", "network_heavy",
+                 "general_purpose"):  # fmt: skip
+        cluster.reactor(gateway, "--specialization", spec, "--id", spec, *PROBE)
+    expected = {
+        "cf": "cpu_intensive",
+        "df": "memory_bound",
+        "ed": "io_intensive",
+        "co": "network_heavy",
+        "mc": "general_purpose",
+        "rm": "memory_bound",
+    }
+    with packetflow.connect_sync(gateway.url) as pf:
+        for group, spec in expected.items():
+            for _ in range(3):  # idle reactors: the choice is the matrix's, every time
+                res = pf.submit(group, "whoami", {})
+                assert res.data["reactor_id"] == spec, group
+                assert res.processing_metadata is not None
+                assert res.processing_metadata["reactor_id"] == spec
+
+
+def test_implementation_preferences_6_2(cluster: Cluster) -> None:
+    gateway = cluster.gateway()
+    for impl in ("elixir", "javascript", "zig"):
+        cluster.reactor(gateway, "--implementation", impl, "--id", impl, *PROBE)
+    expected = {"cf": "elixir", "df": "javascript", "ed": "zig", "co": "elixir",
+                "mc": "javascript", "rm": "zig"}  # fmt: skip
+    with packetflow.connect_sync(gateway.url) as pf:
+        got = {g: pf.submit(g, "whoami", {}).data["reactor_id"] for g in expected}
+    assert got == expected
+
+
+def test_each_client_hint_changes_the_choice_6_3_1(cluster: Cluster) -> None:
+    gateway = cluster.gateway()
+    cluster.reactor(gateway, "--implementation", "zig", "--id", "zig", "--locality", "eu",
+                    *PROBE)  # fmt: skip
+    cluster.reactor(gateway, "--implementation", "javascript", "--id", "js",
+                    "--locality", "us", *PROBE)  # fmt: skip
+    cluster.reactor(gateway, "--specialization", "cpu_intensive", "--id", "cpu",
+                    "--locality", "us", *PROBE)  # fmt: skip
+    url = gateway.url
+    # cf: cpu 0.9 beats the general_purpose reactors (zig 0.6 × 1.1, js 0.6 × 1.0).
+    assert whoami(url, "cf") == "cpu"
+    # preferred_implementation ×1.25: df goes to js (0.8 × 1.2 = 0.96) unless zig is
+    # preferred (0.8 × 1.0 × 1.25 = 1.0).
+    assert whoami(url, "df") == "js"
+    assert whoami(url, "df", routing_preferences={"preferred_implementation": "zig"}) == "zig"
+    # avoid_reactors excludes: without cpu, zig (0.66) beats js (0.6).
+    assert whoami(url, "cf", routing_preferences={"avoid_reactors": ["cpu"]}) == "zig"
+    # minimum_affinity excludes the general_purpose reactors (0.6 for cf) ...
+    prefs = {"minimum_affinity": 0.7, "avoid_reactors": ["cpu"]}
+    with pytest.raises(PacketFlowError) as info:
+        whoami(url, "cf", routing_preferences=prefs)
+    assert info.value.code == "PF101"
+    assert info.value.field == "payload.routing_preferences.minimum_affinity"
+    # locality_preference ×1.1 alone leaves cf on cpu (zig: 0.6 × 1.1 × 1.1 = 0.726);
+    # affinity_boost 0.5 for the matching reactor tips it (× 1.5 = 1.089 > 0.9).
+    assert whoami(url, "cf", routing_preferences={"locality_preference": "eu"}) == "cpu"
+    boosted = {"locality_preference": "eu", "affinity_boost": 0.5}
+    assert whoami(url, "cf", routing_preferences=boosted) == "zig"
+
+
+def _post_put(url: str, body: dict[str, object]) -> dict[str, object]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT",
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.load(resp)  # type: ignore[no-any-return]
+
+
+def test_matrix_updates_take_effect_for_the_next_decision_6_4(cluster: Cluster) -> None:
+    gateway = cluster.gateway()
+    cluster.reactor(gateway, "--specialization", "cpu_intensive", "--id", "cpu", *PROBE)
+    cluster.reactor(gateway, "--specialization", "memory_bound", "--id", "mem", *PROBE)
+    assert whoami(gateway.url, "cf") == "cpu"
+    out = _post_put(
+        f"{gateway.http}/v1/affinity",
+        {"matrix_updates": {"cf": {"memory_bound": 0.95}}, "version": "1.1"},
+    )
+    assert out["version"] == "1.1"
+    assert whoami(gateway.url, "cf") == "mem"
+    with packetflow.connect_sync(gateway.url) as pf:
+        res = pf.submit("mc", "update_affinity", {"matrix_updates": {"cf": {"memory_bound": 0.1}}})
+        assert res.data["previous_version"] == "1.1"
+        assert res.data["version"] == "1.2"
+        with pytest.raises(PacketFlowError) as info:
+            pf.submit("mc", "update_affinity", {"matrix_updates": {"cf": {"cpu_intensive": 2}}})
+        assert info.value.code == "PF002"
+        assert info.value.field == "payload.packet.data.matrix_updates.cf.cpu_intensive"
+    assert whoami(gateway.url, "cf") == "cpu"
+    assert gateway.get("/v1/affinity")["version"] == "1.2"
+
+
+async def test_sigkill_with_200_in_flight_every_packet_answers(cluster: Cluster) -> None:
+    """DESIGN §6: a reactor that dies fails its in-flight packets over at once."""
+    gateway = cluster.gateway()
+    victim = cluster.reactor(gateway, "--specialization", "cpu_intensive", "--id", "victim",
+                             "--max-concurrent", "1000", *PROBE)  # fmt: skip
+    cluster.reactor(gateway, "--id", "survivor", "--max-concurrent", "1000", *PROBE)
+    async with packetflow.connect(gateway.url) as pf:
+        tasks = [asyncio.ensure_future(pf.submit("cf", "sleep", {"ms": 1500},
+                                                 timeout_ms=20_000))
+                 for _ in range(200)]  # fmt: skip
+
+        def in_flight_on_victim() -> bool:
+            rows = {r["reactor_id"]: r for r in gateway.get("/v1/reactors")["reactors"]}
+            return rows["victim"]["in_flight"] == 200
+
+        await asyncio.to_thread(wait_for, in_flight_on_victim, 10, "200 packets on victim")
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=15)
+    results = [r for r in done if not isinstance(r, BaseException)]
+    errors = [r for r in done if isinstance(r, PacketFlowError)]
+    assert len(results) + len(errors) == 200
+    assert all(r.data["reactor_id"] == "survivor" for r in results)
+    assert len(results) == 200, [e.code for e in errors][:5]
+
+
+def _health(gateway: Node, reactor_id: str) -> str | None:
+    return Cluster.health_of(gateway, reactor_id)
+
+
+def test_unresponsive_reactor_degrades_fails_and_recovers_9_3(cluster: Cluster) -> None:
+    """§9.3/§9.4 with every interval scaled by 0.02: pings every 0.6 s, 3 failures in
+    1.8 s degrade, 3 more fail; answering again → recovery → healthy after 6 s."""
+    gateway = cluster.gateway("--health-scale", "0.02", "--departure-after", "60")
+    reactor = cluster.reactor(gateway, "--id", "sleepy", "--heartbeat-interval", "0.2")
+    seen: list[str] = []
+
+    def reached(state: str) -> bool:
+        health = _health(gateway, "sleepy")
+        if health and (not seen or seen[-1] != health):
+            seen.append(health)
+        return health == state
+
+    os.kill(reactor.proc.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: reached("degraded"), 15, "degraded")
+        wait_for(lambda: reached("failed"), 15, "failed")
+    finally:
+        os.kill(reactor.proc.pid, signal.SIGCONT)
+    wait_for(lambda: reached("recovery"), 15, "recovery")
+    wait_for(lambda: reached("healthy"), 20, "healthy again")
+    assert seen == ["healthy", "degraded", "failed", "recovery", "healthy"]
+    assert whoami_ping(gateway) == "sleepy"
+
+
+def whoami_ping(gateway: Node) -> str:
+    with packetflow.connect_sync(gateway.url) as pf:
+        return str(pf.submit("cf", "ping", {}).data["reactor_id"])
+
+
+def test_broadcast_reaches_every_reactor_4_1(cluster: Cluster) -> None:
+    gateway = cluster.gateway()
+    for rid in ("a", "b", "c"):
+        cluster.reactor(gateway, "--id", rid, *PROBE)
+    with packetflow.connect_sync(gateway.url) as pf:
+        res = pf.submit("cf", "whoami", {}, destination_id=None)
+        assert sorted(res.data["results"]) == ["a", "b", "c"]
+        assert res.data["errors"] == {}
+        pinned = pf.submit("cf", "whoami", {}, destination_id="b")
+        assert pinned.data["reactor_id"] == "b"
+
+
+def test_ttl_runs_out_pf504(cluster: Cluster) -> None:
+    gateway = cluster.gateway()
+    cluster.reactor(gateway, "--id", "slow", *PROBE)
+    with packetflow.connect_sync(gateway.url) as pf:
+        with pytest.raises(PacketFlowError) as info:
+            pf.submit("cf", "sleep", {"ms": 2000}, ttl=300)
+        assert info.value.code in ("PF504", "PF005")
+        with pytest.raises(PacketFlowError) as zero:
+            pf.submit("cf", "ping", {}, ttl=0)
+        assert zero.value.code == "PF504"
+
+
+def test_full_reactors_queue_then_answer_pf004_at_deadline(cluster: Cluster) -> None:
+    gateway = cluster.gateway()
+    cluster.reactor(gateway, "--id", "tiny", "--max-concurrent", "1", *PROBE)
+
+    async def run() -> list[object]:
+        async with packetflow.connect(gateway.url) as pf:
+            first = asyncio.ensure_future(pf.submit("cf", "sleep", {"ms": 1500}))
+            await asyncio.sleep(0)
+            second = asyncio.ensure_future(pf.submit("cf", "sleep", {"ms": 10},
+                                                     timeout_ms=400))  # fmt: skip
+            return await asyncio.gather(first, second, return_exceptions=True)
+
+    first, second = asyncio.run(run())
+    assert not isinstance(first, BaseException)
+    assert isinstance(second, PacketFlowError)
+    assert second.code == "PF004"
+    assert second.retry_delay_ms
