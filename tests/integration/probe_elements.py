@@ -22,7 +22,14 @@ async def sleep(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {"reactor_id": ctx.runtime.config.reactor_id, "slept_ms": data.get("ms", 100)}
 
 
+async def emit(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """Publish an event cluster-wide from inside a reactor, through its gateway link."""
+    res = await ctx.require_gateway().submit("ed", "publish", data)
+    return dict(res.data)
+
+
 def register(reactor: Reactor) -> None:
     for group in GROUPS:
         reactor.element(group, "whoami")(whoami)
     reactor.element("cf", "sleep")(sleep)
+    reactor.element("ed", "emit")(emit)

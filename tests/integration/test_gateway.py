@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import urllib.error
 import urllib.request
 
 import pytest
@@ -217,3 +218,86 @@ def test_full_reactors_queue_then_answer_pf004_at_deadline(cluster: Cluster) -> 
     assert isinstance(second, PacketFlowError)
     assert second.code == "PF004"
     assert second.retry_delay_ms
+
+
+async def test_subscribers_get_events_from_clients_and_reactors(cluster: Cluster) -> None:
+    """DESIGN §10 ed:subscribe: each event arrives as a RESULT with status "event"
+    correlated to the subscribe message, whoever published it."""
+    gateway = cluster.gateway()
+    cluster.reactor(gateway, "--id", "emitter", *PROBE)
+    async with (
+        packetflow.connect(gateway.url) as listener,
+        packetflow.connect(gateway.url) as publisher,
+    ):
+        events = listener.subscribe("orders.*")
+        first = asyncio.ensure_future(events.__anext__())
+        await asyncio.sleep(0)  # let the subscribe go out before publishing
+
+        async def subscribed() -> None:
+            while True:
+                res = await publisher.submit("ed", "publish", {"topic": "orders.new",
+                                                               "event": {"id": 1}})  # fmt: skip
+                if res.data["delivered"]:
+                    return
+
+        await asyncio.wait_for(subscribed(), 10)
+        event = await asyncio.wait_for(first, 10)
+        assert event["topic"] == "orders.new" and event["event"] == {"id": 1}
+        res = await publisher.submit("ed", "emit", {"topic": "orders.shipped",
+                                                    "event": {"id": 2}})  # fmt: skip
+        assert res.data["delivered"] == 1
+        second = await asyncio.wait_for(events.__anext__(), 10)
+        assert second["topic"] == "orders.shipped" and second["event"] == {"id": 2}
+        assert second["sequence"] > event["sequence"]
+        ignored = await publisher.submit("ed", "publish", {"topic": "users.new", "event": 3})
+        assert ignored.data["delivered"] == 0
+        with pytest.raises(PacketFlowError) as info:
+            await publisher.submit("ed", "publish", {"event": 1})
+        assert info.value.code == "PF002" and info.value.field == "payload.packet.data.topic"
+        await events.aclose()
+
+
+def _http(method: str, url: str, body: object | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def test_http_api_packets_reactors_affinity(cluster: Cluster) -> None:
+    """DESIGN §2 HTTP API: POST /v1/packets (envelope or bare packet, ?wait=false),
+    GET /v1/packets/{id}, GET /v1/reactors, GET|PUT /v1/affinity, /health, /metrics."""
+    gateway = cluster.gateway()
+    cluster.reactor(gateway, "--id", "r1", *PROBE)
+    base = gateway.http
+    status, body = _http("POST", f"{base}/v1/packets", {"group": "cf", "element": "ping"})
+    assert status == 200 and body["message_type"] == "result"
+    assert body["payload"]["data"]["pong"] is True
+    status, body = _http("POST", f"{base}/v1/packets?wait=false",
+                         {"id": "pkt-http-1", "group": "cf", "element": "sleep",
+                          "data": {"ms": 50}})  # fmt: skip
+    assert status == 202 and body["packet_id"] == "pkt-http-1"
+
+    def finished() -> dict | None:
+        code, story = _http("GET", f"{base}/v1/packets/pkt-http-1")
+        return story if code == 200 and story["state"] == "completed" else None
+
+    story = wait_for(finished, 10, "the packet to complete")
+    assert story["reactor_id"] == "r1"
+    assert story["reply"]["payload"]["data"]["slept_ms"] == 50
+    status, body = _http("GET", f"{base}/v1/packets/nope")
+    assert status == 404 and body["error"]["error_details"]["field"] == "packet_id"
+    status, body = _http("POST", f"{base}/v1/packets", {"group": "cf", "element": "ping",
+                                                        "priority": "high"})  # fmt: skip
+    assert status == 400
+    assert body["payload"]["error_details"]["field"] == "payload.packet.priority"
+    status, body = _http("PUT", f"{base}/v1/affinity", {"matrix_updates": {"zz": {"x": 1}}})
+    assert status == 400 and body["error"]["error_code"] == "PF002"
+    assert body["error"]["error_details"]["field"] == "body.matrix_updates.zz"
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    assert "packetflow_gateway_packets_completed_total 2.0" in metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -18,7 +19,7 @@ from ..protocol.messages import (
     decode_json,
     encode_json,
 )
-from ..transport import new_message_id, now_ms
+from ..transport import new_message_id, new_packet_id, now_ms
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -69,9 +70,38 @@ def add_routes(app: web.Application, gateway: Gateway) -> None:
         if isinstance(msg, FrameError):
             frame = gateway.answer_error(target, msg.error, msg.message_id, msg.packet_id)
             return _reply(frame, 400)
+        if msg.payload.packet.id is None:  # the id answers ?wait=false and GET
+            packet = msgspec.structs.replace(msg.payload.packet, id=new_packet_id())
+            msg = msgspec.structs.replace(
+                msg, payload=msgspec.structs.replace(msg.payload, packet=packet)
+            )
+        packet_id = msg.payload.packet.id
         gateway.accept(msg, target)
+        if request.query.get("wait") == "false":
+            return web.json_response(
+                {"packet_id": packet_id, "status_url": f"/v1/packets/{packet_id}"}, status=202
+            )
         frame = await asyncio.shield(target.future)
         return _reply(frame, 200)
+
+    async def get_packet(request: web.Request) -> web.Response:
+        """DESIGN §4: a packet's current lifecycle state, and its reply once it has one."""
+        packet_id = request.match_info["packet_id"]
+        story = gateway.stories.get(packet_id)
+        if story is None:
+            err = InvalidPacket(
+                f"No packet {packet_id!r} is known to this gateway",
+                field="packet_id",
+                expected_type="a submitted packet id",
+                received_type=packet_id,
+                validation_rule="known_packet",
+            )
+            return _error_response(err, 404)
+        body = story.view()
+        seen = gateway.window.lookup(packet_id, time.monotonic())
+        if seen is not None and seen.outcome is not None:
+            body["reply"] = decode_json(seen.outcome)
+        return web.json_response(body)
 
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
@@ -79,6 +109,7 @@ def add_routes(app: web.Application, gateway: Gateway) -> None:
     app.router.add_get("/v1/affinity", affinity)
     app.router.add_put("/v1/affinity", put_affinity)
     app.router.add_post("/v1/packets", post_packet)
+    app.router.add_get("/v1/packets/{packet_id}", get_packet)
 
 
 def _error_response(err: PacketFlowError, status: int) -> web.Response:

@@ -15,6 +15,7 @@ import random
 import signal
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from ..protocol.errors import (
 )
 from ..protocol.health import DEFAULT_HEALTH_CONFIG, HealthConfig
 from ..protocol.idempotency import IdempotencyWindow
+from ..protocol.lifecycle import PacketEvent, PacketState, advance
 from ..protocol.messages import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -88,6 +90,31 @@ DEADLINE_SLACK_S = 0.25
 REROUTE_CODES = frozenset({"PF003", "PF004", "PF503"})
 
 
+# Packet stories kept for GET /v1/packets/{id} (DESIGN §4); oldest evicted first (§6 caps).
+MAX_STORIES = 10_000
+
+
+@dataclass(slots=True)
+class PacketStory:
+    """Where one packet is in its §5.3 lifecycle, as the gateway sees it."""
+
+    packet_id: str
+    group: str
+    element: str
+    state: PacketState
+    accepted_ms: int
+    updated_ms: int
+    reactor_id: str | None = None
+    attempts: int = 0
+    error_code: str | None = None
+
+    def view(self) -> dict[str, Any]:
+        return {"packet_id": self.packet_id, "group": self.group, "element": self.element,
+                "state": self.state.value, "reactor_id": self.reactor_id,
+                "attempts": self.attempts, "error_code": self.error_code,
+                "accepted_at": self.accepted_ms, "updated_at": self.updated_ms}  # fmt: skip
+
+
 class ReplyTarget(Protocol):
     def next_seq(self) -> int | None: ...
     def send(self, frame: bytes) -> bool: ...
@@ -115,6 +142,7 @@ class Flight:
     retries: int = 0  # §10.3.1 retries after a retryable ERROR
     tried: set[str] = field(default_factory=set)
     dispatched_at: float = 0.0
+    story: PacketStory | None = None
     prefer: str | None = None  # a reactor to use when it has a slot (covalent pairs)
     pinned: str | None = None  # destination_id named this reactor: it and no other
 
@@ -185,6 +213,7 @@ class Gateway:
         self.rng = random.Random(self.config.seed)
         self.local = LocalElements(self)
         self.learner = AffinityLearner()
+        self.stories: OrderedDict[str, PacketStory] = OrderedDict()
         self._rr = 0
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -376,6 +405,7 @@ class Gateway:
         )  # fmt: skip
         self.window.begin(packet_id, now)
         self.metrics.accepted.inc()
+        flight.story = self._new_story(packet_id, packet.group, packet.element)
         self.dispatch(flight)
 
     def submit_internal(
@@ -384,6 +414,24 @@ class Gateway:
         """Submit a packet on the gateway's own behalf; ``on_frame`` gets the encoded
         RESULT or ERROR. ``prefer`` names a reactor to use when it has a free slot."""
         self.accept(msg, CallbackTarget(on_frame), prefer=prefer)
+
+    def _new_story(self, packet_id: str, group: str, element: str) -> PacketStory:
+        ms = now_ms()
+        story = PacketStory(packet_id, group, element, PacketState.VALIDATED, ms, ms)
+        self.stories[packet_id] = story
+        self.stories.move_to_end(packet_id)
+        if len(self.stories) > MAX_STORIES:
+            self.stories.popitem(last=False)
+        return story
+
+    @staticmethod
+    def _advance(flight: Flight, *events: PacketEvent) -> None:
+        story = flight.story
+        if story is None:
+            return
+        for event in events:
+            story.state = advance(story.packet_id, story.state, event)
+        story.updated_ms = now_ms()
 
     def dispatch(self, flight: Flight) -> None:
         packet = flight.admitted.packet
@@ -531,6 +579,10 @@ class Gateway:
         flight.gateway_message_id = message_id
         flight.tried.add(record.reactor_id)
         flight.dispatched_at = now
+        if flight.story is not None:
+            flight.story.reactor_id = record.reactor_id
+            flight.story.attempts += 1
+            self._advance(flight, PacketEvent.ROUTED, PacketEvent.STARTED)
         record.in_flight += 1
         record.flights.add(flight)
         self.pending[message_id] = flight
@@ -556,6 +608,7 @@ class Gateway:
             queue = self.waiting[key] = PriorityQueue(self.config.max_queue)
         flight.entry = queue.push(flight, flight.admitted.priority)
         flight.queue_key = key
+        self._advance(flight, PacketEvent.ENQUEUED)
         self.queued += 1
         self.metrics.queue_depth.set(self.queued)
         limit = flight.deadline if flight.ttl_deadline is None else min(
@@ -648,6 +701,7 @@ class Gateway:
         code = payload.error_code
         self.monitor.packet_finished(record, code)
         if code in REROUTE_CODES and self._has_alternative(flight):
+            self._retrying(flight)
             self.dispatch(flight)  # "not here": another reactor at once
             return
         if payload.retry_possible and self._schedule_retry(flight, code):
@@ -664,6 +718,7 @@ class Gateway:
             return False
         flight.retries += 1
         self.metrics.retries.inc()
+        self._retrying(flight)
 
         def fire() -> None:
             self.retry_budget.release()
@@ -713,6 +768,7 @@ class Gateway:
             affinity_score=flight.choice.affinity if flight.choice else 0.0,
         )  # fmt: skip
         self._deliver(flight, encode(reply), replayable=True)
+        self._advance(flight, PacketEvent.SUCCEEDED)
         self.metrics.completed.inc()
         self.metrics.latency.observe(now - flight.received)
 
@@ -725,6 +781,7 @@ class Gateway:
         )  # fmt: skip
         self.metrics.errors.labels(payload.error_code).inc()
         self._deliver(flight, encode(reply), replayable=not payload.retry_possible)
+        self._story_failed(flight, payload.error_code)
 
     def _fail(self, flight: Flight, err: PacketFlowError) -> None:
         """Answer the submitter with ``err``; the packet is over."""
@@ -732,6 +789,19 @@ class Gateway:
         frame = self.answer_error(flight.target, err, flight.msg.message_id, flight.packet_id,
                                   flight.msg.source_id)  # fmt: skip
         self._finish_window(flight, frame, replayable=not err.retryable)
+        self._story_failed(flight, err.code)
+
+    def _story_failed(self, flight: Flight, code: str) -> None:
+        story = flight.story
+        if story is not None and story.state is not PacketState.FAILED:
+            self._advance(flight, PacketEvent.FAILED)
+            story.error_code = code
+
+    def _retrying(self, flight: Flight) -> None:
+        if flight.story is not None and flight.story.state is not PacketState.RETRIED:
+            if flight.story.state is not PacketState.FAILED:
+                self._advance(flight, PacketEvent.FAILED)
+            self._advance(flight, PacketEvent.RETRY_SCHEDULED)
 
     def _deliver(self, flight: Flight, frame: bytes, *, replayable: bool) -> None:
         flight.target.send(frame)
@@ -781,6 +851,7 @@ class Gateway:
             return
         log.info("failing over packet %s: %s", flight.packet_id, reason)
         self.metrics.failovers.inc()
+        self._retrying(flight)
         self.dispatch(flight)
 
     # ------------------------------------------------------------------ reactors

@@ -14,7 +14,8 @@ How this reads the spec:
   (no delivery was lost, so no retry is counted);
 - any step after validation can fail (PF003/PF101 when routing, PF004/PF504 at the deadline
   in a queue, PF005/timeouts while processing): → failed;
-- failed → retried (§10.3.1; a new attempt) → routed, or failed → aborted (given up);
+- failed → retried (§10.3.1; a new attempt) → routed (or → queued when every reactor is
+  busy), or failed → aborted (given up);
   a retry that cannot start before the deadline goes retried → failed;
 - aborted: cancelled by the client, a molecule abort or a shutdown, from any state that is
   not finished.
@@ -115,7 +116,12 @@ LIFECYCLE: Final[Mapping[PacketState, Mapping[PacketEvent, PacketState]]] = Mapp
         ),
         _S.FAILED: MappingProxyType({_E.RETRY_SCHEDULED: _S.RETRIED, _E.ABORTED: _S.ABORTED}),
         _S.RETRIED: MappingProxyType(
-            {_E.ROUTED: _S.ROUTED, _E.FAILED: _S.FAILED, _E.ABORTED: _S.ABORTED}
+            {
+                _E.ROUTED: _S.ROUTED,
+                _E.ENQUEUED: _S.QUEUED,
+                _E.FAILED: _S.FAILED,
+                _E.ABORTED: _S.ABORTED,
+            }
         ),
         _S.COMPLETED: MappingProxyType({}),
         _S.ABORTED: MappingProxyType({}),
