@@ -33,29 +33,70 @@ def main(ctx: click.Context, log_level: str | None) -> None:
     ctx.obj["log_level"] = log_level
 
 
+def discovery_options(command: Any) -> Any:
+    """DESIGN §2 announce channels 3 and 4, for both sides: a reactor advertises on them,
+    a gateway listens on them."""
+    options = [
+        click.option("--multicast", is_flag=True, help="§8.1.2 multicast discovery"),
+        click.option("--dnssd", is_flag=True, help="§8.1.3 DNS-SD (_packetflow._tcp.local.)"),
+        click.option("--multicast-group", default="224.0.1.100", show_default=True),
+        click.option("--multicast-port", default=9999, show_default=True, type=int),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command()
+@discovery_options
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--id", "gateway_id", default=None, help="Gateway id (default: random)")
 @click.option("--static", "static", multiple=True, help="Reactor ws:// URL to add (repeatable)")
 @click.option("--max-queue", default=None, type=int, help="Packets waiting for a slot")
+@click.option(
+    "--health-scale",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Multiply every §9.2/§9.4 interval and threshold duration (tests: 0.02)",
+)
+@click.option(
+    "--departure-after",
+    default=None,
+    type=float,
+    help="Seconds of silence before a reactor leaves the registry",
+)
+@click.option("--seed", default=None, type=int, help="Seed for retry jitter (reproducibility)")
 @click.pass_context
 def gateway(ctx: click.Context, host: str, port: int, gateway_id: str | None,
-            static: tuple[str, ...], max_queue: int | None) -> None:  # fmt: skip
+            static: tuple[str, ...], max_queue: int | None, health_scale: float,
+            departure_after: float | None, seed: int | None, multicast: bool, dnssd: bool,
+            multicast_group: str, multicast_port: int) -> None:  # fmt: skip
     """Run a gateway: routes packets from clients to reactors."""
+    import dataclasses
+
     from .gateway.server import Gateway, GatewayConfig
+    from .protocol.health import DEFAULT_HEALTH_CONFIG
     from .runner import configure_logging, run_main
 
     configure_logging(ctx.obj["log_level"])
-    config = GatewayConfig(host=host, port=port, static_reactors=static)
+    health = DEFAULT_HEALTH_CONFIG.scaled(health_scale)
+    if departure_after is not None:
+        health = dataclasses.replace(health, departure_after_s=departure_after)
+    config = GatewayConfig(host=host, port=port, static_reactors=static, health=health,
+                           seed=seed)  # fmt: skip
     if gateway_id:
         config.gateway_id = gateway_id
     if max_queue:
         config.max_queue = max_queue
+    config.multicast, config.dnssd = multicast, dnssd
+    config.multicast_group, config.multicast_port = multicast_group, multicast_port
     run_main(Gateway(config).serve_forever())
 
 
 @main.command()
+@discovery_options
 @click.option("--gateway", "gateway_url", default=None, help="Gateway ws:// URL to announce to")
 @click.option(
     "--specialization",
@@ -96,7 +137,8 @@ def gateway(ctx: click.Context, host: str, port: int, gateway_id: str | None,
 def reactor(ctx: click.Context, gateway_url: str | None, specializations: tuple[str, ...],
             host: str, port: int, reactor_id: str | None, implementation: str,
             max_concurrent: int | None, heartbeat_interval: float, data_dir: str,
-            locality: str | None, grace: float, modules: tuple[str, ...]) -> None:  # fmt: skip
+            locality: str | None, grace: float, modules: tuple[str, ...], multicast: bool,
+            dnssd: bool, multicast_group: str, multicast_port: int) -> None:  # fmt: skip
     """Run a reactor: a worker serving every standard element."""
     from .reactor.server import Reactor
     from .runner import configure_logging
@@ -106,7 +148,8 @@ def reactor(ctx: click.Context, gateway_url: str | None, specializations: tuple[
         reactor_id=reactor_id, specializations=specializations or ("general_purpose",),
         gateway=gateway_url, host=host, port=port, implementation=implementation,
         max_concurrent_packets=max_concurrent, heartbeat_interval_s=heartbeat_interval,
-        data_dir=data_dir, locality=locality, grace_s=grace,
+        data_dir=data_dir, locality=locality, grace_s=grace, multicast=multicast,
+        multicast_group=multicast_group, multicast_port=multicast_port, dnssd=dnssd,
     )  # fmt: skip
     for name in modules:
         import importlib

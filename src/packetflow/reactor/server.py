@@ -68,6 +68,10 @@ class Reactor:
         locality: str | None = None,
         grace_s: float = 10.0,
         standard_elements: bool = True,
+        multicast: bool = False,
+        multicast_group: str = "224.0.1.100",
+        multicast_port: int = 9999,
+        dnssd: bool = False,
     ) -> None:
         config = ReactorConfig(
             specializations=tuple(specializations), gateway_url=gateway, host=host, port=port,
@@ -89,6 +93,12 @@ class Reactor:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event() if _has_loop() else None
         self.port: int = port
+        # §8.1.2 multicast and §8.1.3 DNS-SD self-advertisement (reactor/advertise.py).
+        self.multicast = multicast
+        self.multicast_group = multicast_group
+        self.multicast_port = multicast_port
+        self.dnssd = dnssd
+        self._advertisers: list[Any] = []  # each with an async close()
 
     # ------------------------------------------------------------------ public API
 
@@ -134,9 +144,16 @@ class Reactor:
             await self._connect_gateway()
         log.info("reactor %s (%s) serving %s", self.reactor_id,
                  ",".join(self.config.specializations), self.url)  # fmt: skip
+        if self.multicast or self.dnssd:
+            from .advertise import start_advertisers
+
+            self._advertisers = await start_advertisers(self)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful: stop accepting (PF503), finish in-flight work within the grace period."""
+        advertisers, self._advertisers = self._advertisers, []
+        for advertiser in advertisers:
+            await advertiser.close()
         rt = self.runtime
         if rt is not None:
             await rt.drain(self.config.grace_s if grace_s is None else grace_s)
