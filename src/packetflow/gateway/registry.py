@@ -33,6 +33,7 @@ class ReactorRecord:
     last_seen: float = 0.0  # time.monotonic() of the last heartbeat or announce
     last_heartbeat: dict[str, Any] | None = None
     link: ReactorLink | None = None
+    dialing: bool = False
     adjustments: dict[str, float] = field(default_factory=dict)
     flights: set[Any] = field(default_factory=set)
     announce: dict[str, Any] = field(default_factory=dict)
@@ -93,6 +94,7 @@ class ReactorRegistry:
             old.version = record.version
             old.announce = record.announce
             old.last_seen = record.last_seen
+            old.source = record.source
             record = old
         self._records[record.reactor_id] = record
         for key in record.capabilities:

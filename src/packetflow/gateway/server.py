@@ -80,6 +80,9 @@ from .registry import ReactorRecord, ReactorRegistry
 log = logging.getLogger("packetflow.gateway")
 
 SOCKET_MAX_MSG = 4 * MAX_FRAME_BYTES
+# A reactor that announces no capacity (neither max_concurrent_packets nor max_capacity)
+# is assumed to take this many packets at once, the §4.2.5 example's figure.
+DEFAULT_REACTOR_CAPACITY = 50
 # Packets waiting for a reactor slot across all capabilities (DESIGN §5); past it, PF004.
 DEFAULT_MAX_QUEUE = 100_000
 # The gateway's own timer fires this long after a packet's deadline, so the reactor's
@@ -892,7 +895,11 @@ class Gateway:
                                 validation_rule="required_field")  # fmt: skip
         capabilities = frozenset((p.group, p.element) for p in payload.supported_packets)
         constraints = payload.operational_constraints or {}
-        capacity = int(constraints.get("max_concurrent_packets") or info.max_capacity or 1)
+        capacity = int(
+            constraints.get("max_concurrent_packets")
+            or info.max_capacity
+            or DEFAULT_REACTOR_CAPACITY
+        )
         record = self.registry.upsert(ReactorRecord(
             reactor_id=info.reactor_id, specializations=tuple(info.specializations),
             implementation=info.implementation, capabilities=capabilities,
@@ -900,7 +907,8 @@ class Gateway:
             version=info.version, source=source, last_seen=time.monotonic(),
             announce=msgspec.to_builtins(payload),
         ))  # fmt: skip
-        if record.link is None or not record.link.up:
+        if (record.link is None or not record.link.up) and not record.dialing:
+            record.dialing = True
             self._spawn(self._dial(record))
         return record
 
@@ -911,16 +919,20 @@ class Gateway:
             return
         link = ReactorLink(self, record, url)
         delay = 0.05
-        for _attempt in range(8):
-            try:
-                await link.open(self._session)
-                break
-            except (OSError, aiohttp.ClientError, TimeoutError) as exc:
-                log.info("dialling reactor %s at %s failed: %s", record.reactor_id, url, exc)
-                await asyncio.sleep(delay)
-                delay *= 2
-        else:
-            return
+        try:
+            for _attempt in range(8):
+                try:
+                    await link.open(self._session)
+                    break
+                except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+                    log.info("dialling reactor %s at %s failed: %s", record.reactor_id, url,
+                             exc)  # fmt: skip
+                    await asyncio.sleep(delay)
+                    delay *= 2
+            else:
+                return
+        finally:
+            record.dialing = False
         if self.registry.get(record.reactor_id) is not record:
             await link.close()
             return
