@@ -67,7 +67,14 @@ EXACT = [
 def test_register_adds_analyze_learn_predict_sharing_one_store(ctx: Context) -> None:
     registry = Registry()
     mc.register(registry)
-    assert {s.key for s in registry} == {"mc:analyze", "mc:learn", "mc:predict"}
+    assert {s.key for s in registry} == {
+        "mc:analyze",
+        "mc:learn",
+        "mc:predict",
+        "mc:adapt",
+        "mc:optimize",
+        "mc:update_affinity",
+    }
     learn = registry.get("mc", "learn")
     predict = registry.get("mc", "predict")
     assert learn is not None and predict is not None
@@ -369,3 +376,144 @@ def test_least_squares_is_a_pure_function() -> None:
     assert fit.intercept == pytest.approx(-1 / 3)
     with pytest.raises(mc.DegenerateFit):
         mc.least_squares([[1.0], [1.0], [1.0]], [1.0, 2.0, 3.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# mc:adapt (DESIGN §10: adjusts the reactor's concurrency from observed load)
+
+
+def decide(old: int = 100, **kw: Any) -> mc.AdaptDecision:
+    args: dict[str, Any] = {"queue_depth": 0, "cpu_percent": 50.0, "p99_ms": 10.0,
+                            "baseline_p99_ms": 10.0, "latency_samples": 100}  # fmt: skip
+    args.update(kw)
+    return mc.adapt_decision(old, **args)
+
+
+def test_adapt_raises_by_a_quarter_when_packets_queue_and_cpu_is_spare() -> None:
+    assert decide(queue_depth=5, cpu_percent=40.0) == mc.AdaptDecision(125, "queue_backlog")
+    assert decide(1, queue_depth=1, cpu_percent=10.0).new == 2, "at least one step"
+    assert decide(9000, queue_depth=1, cpu_percent=10.0).new == 10_000, "bounded"
+    # queued but the CPU is busy (80..95 %): hold
+    assert decide(queue_depth=5, cpu_percent=85.0) == mc.AdaptDecision(100, "steady")
+
+
+def test_adapt_lowers_by_a_quarter_when_cpu_saturates_or_latency_doubles() -> None:
+    assert decide(cpu_percent=96.0, queue_depth=9) == mc.AdaptDecision(75, "cpu_saturated")
+    assert decide(p99_ms=25.0) == mc.AdaptDecision(75, "latency_degraded")
+    assert decide(p99_ms=19.0).reason == "steady"
+    assert decide(2, cpu_percent=99.0).new == 1 and decide(1, cpu_percent=99.0).new == 1
+
+
+def test_adapt_ignores_latency_without_a_baseline_or_enough_samples() -> None:
+    assert decide(p99_ms=500.0, baseline_p99_ms=None).reason == "steady"
+    assert decide(p99_ms=500.0, latency_samples=mc.MIN_LATENCY_SAMPLES - 1).reason == "steady"
+
+
+async def test_adapt_handler_applies_the_decision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from packetflow.reactor.runtime import ReactorConfig, ReactorRuntime
+
+    async def cpu() -> float:
+        return 12.5
+
+    monkeypatch.setattr(mc, "system_cpu_percent", cpu)
+    rt = ReactorRuntime(ReactorConfig(max_concurrent_packets=8), Registry())
+    try:
+        ctx = make_ctx(tmp_path, runtime=rt)
+        out = await mc.adapt({}, ctx)
+        assert out["old"] == 8 and out["new"] == 8 and out["reason"] == "steady"
+        assert out["observed"]["cpu_percent"] == 12.5
+        assert out["observed"]["queue_depth"] == 0
+        assert set(out["observed"]) >= {"p99_ms", "avg_ms", "baseline_p99_ms", "in_flight"}
+        monkeypatch.setattr(mc, "system_cpu_percent", _const(99.0))
+        out = await mc.adapt({}, ctx)
+        assert (out["old"], out["new"], out["reason"]) == (8, 6, "cpu_saturated")
+        assert rt.config.max_concurrent_packets == 6
+    finally:
+        rt.close()
+
+
+def _const(value: float) -> Any:
+    async def cpu() -> float:
+        return value
+
+    return cpu
+
+
+async def test_adapt_measures_real_cpu(tmp_path: Path) -> None:
+    from packetflow.reactor.runtime import ReactorConfig, ReactorRuntime
+
+    rt = ReactorRuntime(ReactorConfig(), Registry())
+    try:
+        out = await mc.adapt({}, make_ctx(tmp_path, runtime=rt))
+        assert 0.0 <= out["observed"]["cpu_percent"] <= 100.0
+        assert 1 <= out["new"] <= 10_000
+    finally:
+        rt.close()
+
+
+async def test_adapt_needs_a_runtime_pf503(ctx: Context) -> None:
+    with pytest.raises(PacketFlowError) as info:
+        await mc.adapt({}, ctx)
+    assert info.value.code == "PF503"
+
+
+# ---------------------------------------------------------------------------------------------
+# mc:optimize and mc:update_affinity: forwarded to the gateway, which serves them itself
+
+
+def _forwarding_ctx(tmp_path: Path, gateway: Any, **meta: Any) -> Context:
+    c = make_ctx(tmp_path)
+    c.gateway = gateway
+    c.metadata = meta
+    return c
+
+
+async def test_update_affinity_is_forwarded_to_the_gateway(tmp_path: Path) -> None:
+    from .test_elements_co import FakeGateway
+
+    async def serve(g: str, e: str, data: dict, opts: dict) -> tuple[Any, str]:
+        assert (g, e) == ("mc", "update_affinity")
+        assert "destination_id" not in opts, "gateway-local: no destination"
+        assert opts["metadata"] == {"forwarded_by": "reactor"}
+        return {"matrix_version": data["version"], "applied": True,
+                "processing_stats": {"duration_ms": 1}}, "gateway"  # fmt: skip
+
+    gw = FakeGateway(on_submit=serve)
+    data = {"matrix_updates": {"cf": {"cpu_intensive": 0.95}}, "version": "1.1"}
+    out = await mc.update_affinity(data, _forwarding_ctx(tmp_path, gw))
+    assert out == {"matrix_version": "1.1", "applied": True}
+    assert gw.submits[0][2] == data
+
+
+async def test_optimize_is_forwarded_and_errors_come_back(tmp_path: Path) -> None:
+    from .test_elements_co import FakeGateway
+
+    async def refuse(g: str, e: str, data: dict, opts: dict) -> tuple[Any, str]:
+        raise PacketFlowError("admin only", code="PF002", field=f"{D}.apply")
+
+    out_gw = FakeGateway(on_submit=refuse)
+    with pytest.raises(PacketFlowError) as info:
+        await mc.optimize({"apply": True}, _forwarding_ctx(tmp_path, out_gw))
+    assert info.value.code == "PF002" and info.value.field == f"{D}.apply"
+
+
+async def test_forwarding_needs_a_gateway_and_never_loops(tmp_path: Path) -> None:
+    from .test_elements_co import FakeGateway
+
+    for call in (mc.optimize({}, make_ctx(tmp_path)),
+                 mc.optimize({}, _forwarding_ctx(tmp_path, FakeGateway(),
+                                                 forwarded_by="reactor-a"))):  # fmt: skip
+        with pytest.raises(PacketFlowError) as info:
+            await call
+        assert info.value.code == "PF503"
+
+
+@pytest.mark.parametrize("data", [{}, {"matrix_updates": [1]}])
+async def test_update_affinity_bad_input_pf002(tmp_path: Path, data: dict) -> None:
+    from .test_elements_co import FakeGateway
+
+    with pytest.raises(PacketFlowError) as info:
+        await mc.update_affinity(data, _forwarding_ctx(tmp_path, FakeGateway()))
+    assert info.value.code == "PF002" and info.value.field == f"{D}.matrix_updates"

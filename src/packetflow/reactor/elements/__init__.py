@@ -7,7 +7,7 @@ from importlib import import_module
 from ..registry import Registry
 
 # Each module exposes register(registry). Order does not matter: keys are unique.
-STANDARD_MODULES = ("cf", "df", "mc")
+STANDARD_MODULES = ("cf", "df", "ed", "co", "mc", "rm")
 
 
 def load_standard(registry: Registry) -> None:

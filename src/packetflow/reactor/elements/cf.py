@@ -1,16 +1,34 @@
-"""Control-flow elements: ping, health, introspect, shutdown, restart (§5.2.1, §9.1)."""
+"""Control-flow elements: ping, health, introspect, shutdown, restart (§5.2.1, §9.1) and
+coordinate (a molecule run through the gateway's coordinator, §4.2.6, §7)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from ...protocol.errors import ServiceUnavailable, invalid_field
+import msgspec
+
+from ...protocol.errors import (
+    PacketFlowError,
+    ProcessingFailed,
+    ServiceUnavailable,
+    invalid_field,
+)
+from ...protocol.messages import (
+    Coordinate,
+    CoordinatePayload,
+    ErrorPayload,
+    error_from_payload,
+)
 from ...transport import now_ms
 from ..context import Context
 from ..registry import Registry
+from .df import bad, missing
 
 if TYPE_CHECKING:
+    from ...client import AsyncClient
     from ..runtime import ReactorRuntime
 
 # §9.1.2 alert thresholds (its example warns at 70% memory).
@@ -157,6 +175,120 @@ async def restart(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {"restarting": True, "reactor_id": rt.config.reactor_id}
 
 
+# §7.1 top-level fields of a molecule, accepted directly in cf:coordinate's data.
+MOLECULE_FIELDS = ("molecule_id", "version", "packets", "bonds", "properties")
+# COORDINATE types that end a molecule (§4.2.6); "error" ends it too, as a failure.
+FINAL_TYPES = ("complete", "abort")
+# Abort messages sent for handlers cancelled mid-molecule; kept so they are not collected.
+_ABORTS: set[asyncio.Task[None]] = set()
+
+
+def _structure(data: dict[str, Any]) -> tuple[dict[str, Any], str | None, str]:
+    """(molecular structure, molecule id or None, data path of the structure)."""
+    if "molecular_structure" in data:
+        structure = data["molecular_structure"]
+        if not isinstance(structure, dict):
+            raise bad("molecular_structure", "object (§7.1 molecule)", structure, "type")
+        path = "molecular_structure."
+        molecule_id = data.get("molecule_id", structure.get("molecule_id"))
+    else:
+        structure = {k: data[k] for k in MOLECULE_FIELDS if k in data}
+        path = ""
+        molecule_id = data.get("molecule_id")
+    packets = structure.get("packets")
+    if packets is None:
+        raise missing(f"{path}packets")
+    if not isinstance(packets, list) or not packets:
+        raise bad(f"{path}packets", "non-empty array of packets", packets, "type")
+    for i, packet in enumerate(packets):
+        if not isinstance(packet, dict):
+            raise bad(f"{path}packets[{i}]", "object {id, group, element, data}", packet, "type")
+    bonds = structure.get("bonds", [])
+    if not isinstance(bonds, list):
+        raise bad(f"{path}bonds", "array of bonds", bonds, "type")
+    if molecule_id is not None and (not isinstance(molecule_id, str) or not molecule_id):
+        raise bad("molecule_id", "non-empty string", molecule_id, "type")
+    return structure, molecule_id, path
+
+
+def _final(payload: CoordinatePayload, molecule_id: str | None, progress: int) -> dict[str, Any]:
+    kind = payload.coordination_type
+    out: dict[str, Any] = {
+        "molecule_id": payload.molecule_id or molecule_id,
+        "status": payload.status or ("success" if kind == "complete" else "aborted"),
+        "coordination_type": kind,
+        "results": payload.results or {},
+        "progress_messages": progress,
+    }
+    for name in ("execution_state", "performance_metrics", "error", "coordination_metadata"):
+        value = getattr(payload, name)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _coordinator_error(payload: CoordinatePayload) -> PacketFlowError:
+    """A COORDINATE "error" as the exception its ``error`` object describes."""
+    try:
+        return error_from_payload(msgspec.convert(payload.error or {}, ErrorPayload))
+    except msgspec.ValidationError:
+        return ProcessingFailed(
+            f"The coordinator reported an error for molecule {payload.molecule_id}",
+            details={"reason": "molecule_error", "error": payload.error},
+        )
+
+
+async def _send_abort(gateway: AsyncClient, molecule_id: str, correlation_id: str | None) -> None:
+    msg = Coordinate(
+        **gateway.envelope_fields(),
+        payload=CoordinatePayload(coordination_type="abort", molecule_id=molecule_id),
+    )
+    msg.correlation_id = correlation_id
+    with contextlib.suppress(PacketFlowError, OSError):
+        await gateway.send(msg)
+
+
+async def coordinate(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """cf:coordinate {molecular_structure, molecule_id?} or the §7.1 fields themselves
+    (packets, bonds, properties, molecule_id, version): sends COORDINATE ``initiate`` to
+    the gateway's coordinator and follows its COORDINATE messages until ``complete`` or
+    ``abort`` → {molecule_id, status, results, progress_messages, execution_state?, ...}.
+
+    A COORDINATE ``error`` or an ERROR reply (PF102 for bad bonds, ...) raises it. When this
+    packet is cancelled (its timeout) the molecule is aborted at the gateway. PF503 without
+    a gateway; PF002 naming a structure that has no packets.
+    """
+    structure, molecule_id, _ = _structure(data)
+    gateway = ctx.require_gateway()
+    payload: dict[str, Any] = {"coordination_type": "initiate", "molecular_structure": structure}
+    if molecule_id is not None:
+        payload["molecule_id"] = molecule_id
+    progress = 0
+    initiated_by: str | None = None
+    try:
+        async for msg in gateway.coordinate(payload):
+            p = msg.payload
+            molecule_id = p.molecule_id or molecule_id
+            initiated_by = msg.correlation_id or initiated_by
+            if p.coordination_type in FINAL_TYPES:
+                return _final(p, molecule_id, progress)
+            if p.coordination_type == "error":
+                raise _coordinator_error(p)
+            progress += 1
+    except asyncio.CancelledError:
+        if molecule_id is not None:
+            task = asyncio.get_running_loop().create_task(
+                _send_abort(gateway, molecule_id, initiated_by)
+            )
+            _ABORTS.add(task)
+            task.add_done_callback(_ABORTS.discard)
+        raise
+    raise ProcessingFailed(
+        f"The coordinator's messages for molecule {molecule_id} ended without complete or abort",
+        details={"reason": "coordination_ended", "molecule_id": molecule_id},
+    )
+
+
 def register(registry: Registry) -> None:
     el = registry.element
     el(
@@ -185,3 +317,13 @@ def register(registry: Registry) -> None:
         shutdown
     )
     el("cf", "restart", data={}, result="restarting")(restart)
+    el(
+        "cf",
+        "coordinate",
+        data={
+            "molecular_structure": "§7.1 molecule {packets, bonds, properties} "
+            "(or those fields directly in data)",
+            "molecule_id": "string (optional)",
+        },
+        result="molecule_id, status, results, progress_messages (the molecule's final state)",
+    )(coordinate)

@@ -1,11 +1,17 @@
-"""The mc (meta-computational) elements of DESIGN §10 that need no gateway: analyze (descriptive
-statistics, or the §9.1.3 chemical health from the runtime's history), learn (ordinary least
-squares) and predict (linear trend or a learned model).
+"""The mc (meta-computational) elements of DESIGN §10: analyze (descriptive statistics, or the
+§9.1.3 chemical health from the runtime's history), learn (ordinary least squares), predict
+(linear trend or a learned model), adapt (concurrency from observed load), and optimize and
+update_affinity (forwarded to the gateway, which owns the affinity matrix).
 
-mc:optimize, mc:adapt and mc:update_affinity need the runtime and the gateway and live with
-them. Handlers are synchronous and run in the runtime's thread pool; ``learn`` and ``predict``
-share one ``ModelStore`` per registry, so they must not be registered ``cpu_bound`` (a process
-pool would give each call its own empty store).
+mc:adapt tunes this reactor's concurrency limit from its observed load (``adapt_decision``,
+a pure function, holds the rule). mc:optimize and mc:update_affinity act on the gateway's
+affinity matrix: the gateway serves them itself when a client submits them, and a reactor
+that receives one forwards it to the gateway over its own connection (PF503 without one).
+
+analyze, learn and predict are synchronous and run in the runtime's thread pool; ``learn``
+and ``predict`` share one ``ModelStore`` per registry, so they must not be registered
+``cpu_bound`` (a process pool would give each call its own empty store). adapt, optimize and
+update_affinity are coroutines on the event loop.
 
 How the regression works: the features are centred (which absorbs the intercept) and the
 centred design matrix is factorised by modified Gram-Schmidt, QR without ever forming
@@ -22,9 +28,10 @@ import math
 import re
 import threading
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from ...protocol.errors import InternalError, ServiceUnavailable, invalid_field
 from ..context import Context
@@ -42,6 +49,8 @@ from .df import (
     show,
     stddev,
 )
+from .ed import runtime_of
+from .rm import MAX_CONCURRENT, MIN_CONCURRENT, set_max_concurrent, system_cpu_percent
 
 # ---------------------------------------------------------------------------------------------
 # Limits (STYLE 5)
@@ -527,10 +536,156 @@ def predict(data: dict[str, Any], ctx: Context, store: ModelStore) -> dict[str, 
 
 
 # ---------------------------------------------------------------------------------------------
+# mc:adapt
+
+# mc:adapt's rule (``adapt_decision``): raise the limit by ADAPT_STEP when packets queue and the
+# machine has CPU to spare; lower it by ADAPT_STEP when the CPU is saturated or the p99 latency
+# grew past LATENCY_GROWTH × its recent average.
+ADAPT_STEP = 0.25
+CPU_SPARE_PERCENT = 80.0
+CPU_SATURATED_PERCENT = 95.0
+LATENCY_GROWTH = 2.0
+# Fewer latency samples than this say nothing about a p99.
+MIN_LATENCY_SAMPLES = 20
+# The "recent average" p99 is the mean of the p99s seen by the last this-many adapt calls.
+P99_HISTORY = 10
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptDecision:
+    new: int
+    reason: str
+
+
+def adapt_decision(
+    old: int,
+    *,
+    queue_depth: int,
+    cpu_percent: float,
+    p99_ms: float,
+    baseline_p99_ms: float | None,
+    latency_samples: int,
+    lo: int = 1,
+    hi: int = 10_000,
+) -> AdaptDecision:
+    """mc:adapt's rule, first match wins:
+
+    1. cpu above CPU_SATURATED_PERCENT → lower by ADAPT_STEP ("cpu_saturated");
+    2. p99 above LATENCY_GROWTH × baseline (with MIN_LATENCY_SAMPLES samples) → lower
+       ("latency_degraded");
+    3. packets queued and cpu below CPU_SPARE_PERCENT → raise by ADAPT_STEP ("queue_backlog");
+    4. otherwise unchanged ("steady").
+
+    A change moves at least one step and stays within ``lo``..``hi``."""
+    lower = max(lo, min(old - 1, math.floor(old * (1 - ADAPT_STEP))))
+    if cpu_percent > CPU_SATURATED_PERCENT:
+        return AdaptDecision(lower, "cpu_saturated")
+    if (
+        baseline_p99_ms is not None
+        and baseline_p99_ms > 0
+        and latency_samples >= MIN_LATENCY_SAMPLES
+        and p99_ms > LATENCY_GROWTH * baseline_p99_ms
+    ):
+        return AdaptDecision(lower, "latency_degraded")
+    if queue_depth > 0 and cpu_percent < CPU_SPARE_PERCENT:
+        return AdaptDecision(
+            min(hi, max(old + 1, math.ceil(old * (1 + ADAPT_STEP)))), "queue_backlog"
+        )
+    return AdaptDecision(max(lo, min(hi, old)), "steady")
+
+
+_P99_HISTORY: WeakKeyDictionary[Any, deque[float]] = WeakKeyDictionary()
+
+
+async def adapt(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """mc:adapt {} → {old, new, reason, observed: {queue_depth, in_flight, cpu_percent,
+    p99_ms, avg_ms, baseline_p99_ms, latency_samples}}: applies ``adapt_decision`` to this
+    reactor's max_concurrent_packets (queued packets start at once when it rises)."""
+    rt = runtime_of(ctx)
+    cpu = await system_cpu_percent()
+    avg_ms, p99_ms = rt.stats.latency_summary()
+    samples = sum(len(s.recent) for s in rt.stats.elements.values())
+    history = _P99_HISTORY.get(rt)
+    if history is None:
+        history = _P99_HISTORY[rt] = deque(maxlen=P99_HISTORY)
+    baseline = math.fsum(history) / len(history) if history else None
+    old = rt.config.max_concurrent_packets
+    decision = adapt_decision(
+        old, queue_depth=len(rt.queue), cpu_percent=cpu, p99_ms=p99_ms,
+        baseline_p99_ms=baseline, latency_samples=samples, lo=MIN_CONCURRENT,
+        hi=MAX_CONCURRENT,
+    )  # fmt: skip
+    if samples >= MIN_LATENCY_SAMPLES:
+        history.append(p99_ms)
+    set_max_concurrent(rt, decision.new)
+    return {
+        "old": old,
+        "new": decision.new,
+        "reason": decision.reason,
+        "observed": {
+            "queue_depth": len(rt.queue),
+            "in_flight": rt.in_flight,
+            "cpu_percent": cpu,
+            "p99_ms": round(p99_ms, 3),
+            "avg_ms": round(avg_ms, 3),
+            "baseline_p99_ms": round(baseline, 3) if baseline is not None else None,
+            "latency_samples": samples,
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# mc:optimize, mc:update_affinity (the gateway's)
+
+# Set on a packet this reactor forwards to the gateway: a reactor that receives one back
+# refuses it instead of forwarding it round in a loop.
+FORWARDED_KEY = "forwarded_by"
+# Time kept back from the forwarded packet's timeout so this one can still answer.
+FORWARD_MARGIN_S = 0.1
+
+
+async def forward_to_gateway(element: str, data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """Submit ``mc:<element>`` with the same data to the gateway, which serves it itself (no
+    destination_id), and answer its result data. PF503 without a gateway, or when the
+    packet already came from a reactor's forward (the gateway did not serve it)."""
+    if FORWARDED_KEY in ctx.metadata:
+        raise ServiceUnavailable(
+            f"mc:{element} is served by the gateway; it reached reactor "
+            f"{ctx.runtime.config.reactor_id if ctx.runtime else '?'} after being forwarded "
+            f"by {ctx.metadata[FORWARDED_KEY]!r}",
+            details={"reason": "forward_loop"},
+        )
+    gateway = ctx.require_gateway()
+    me = ctx.runtime.config.reactor_id if ctx.runtime is not None else "reactor"
+    timeout_ms = max(1, int((ctx.remaining_s() - FORWARD_MARGIN_S) * 1000))
+    res = await gateway.submit(
+        "mc", element, data, timeout_ms=timeout_ms, priority=ctx.priority,
+        metadata={FORWARDED_KEY: me},
+    )  # fmt: skip
+    body = res.data if isinstance(res.data, dict) else {"result": res.data}
+    return {k: v for k, v in body.items() if k != "processing_stats"}
+
+
+async def optimize(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """mc:optimize {window?, apply?} → the gateway's proposed matrix_updates (DESIGN §10)."""
+    return await forward_to_gateway("optimize", data, ctx)
+
+
+async def update_affinity(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """mc:update_affinity (PFAP §6.4 data) → the gateway's new matrix version."""
+    if "matrix_updates" not in data:
+        raise missing("matrix_updates")
+    if not isinstance(data["matrix_updates"], dict):
+        raise bad("matrix_updates", "object {group: {specialization: affinity}}",
+                  data["matrix_updates"], "type")  # fmt: skip
+    return await forward_to_gateway("update_affinity", data, ctx)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def register(registry: Registry) -> None:
-    """Register mc:analyze, mc:learn and mc:predict; learn and predict share one ModelStore."""
+    """Register the mc elements; learn and predict share one ModelStore."""
     store = ModelStore()
 
     def mc_learn(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
@@ -573,16 +728,45 @@ def register(registry: Registry) -> None:
         },
         result="{predictions, interval: {level, lower, upper}, ...}",
     )(mc_predict)
+    el(
+        "mc",
+        "adapt",
+        data={},
+        result="{old, new, reason, observed: {queue_depth, cpu_percent, p99_ms, ...}}",
+    )(adapt)
+    el(
+        "mc",
+        "optimize",
+        data={"window": "optional", "apply": "bool (admin)"},
+        result="the gateway's proposed matrix_updates (served by the gateway)",
+    )(optimize)
+    el(
+        "mc",
+        "update_affinity",
+        data={
+            "matrix_updates": "{group: {specialization: affinity}}",
+            "version": "string",
+            "effective_date": "epoch ms (optional)",
+            "rollback_policy": "string (optional)",
+        },
+        result="the new matrix version (served by the gateway)",
+    )(update_affinity)
 
 
 __all__ = [
+    "AdaptDecision",
     "Model",
     "ModelStore",
+    "adapt",
+    "adapt_decision",
     "analyze",
     "describe",
+    "forward_to_gateway",
     "learn",
     "least_squares",
     "linear_trend",
+    "optimize",
     "predict",
     "register",
+    "update_affinity",
 ]
