@@ -1,0 +1,722 @@
+"""The molecule coordinator (gateway/coordinator.py) driven through a fake gateway: journal
+before acting (DESIGN §6), dataflow into SUBMITs (DESIGN §7), correlation, coalesced
+progress, resume after a crash with the same packet ids, request errors, and the pure
+§7.4 suggestions. No sockets: the fake gateway records SUBMITs and the test answers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import msgspec
+import pytest
+
+from packetflow.gateway import coordinator as coord
+from packetflow.gateway.coordinator import MoleculeCoordinator, Observed, suggest
+from packetflow.gateway.journal import JournalError
+from packetflow.protocol.chemistry import STANDARD_MATRIX
+from packetflow.protocol.errors import PacketFlowError
+from packetflow.protocol.messages import (
+    PROTOCOL_VERSION,
+    Coordinate,
+    CoordinatePayload,
+    Error,
+    ErrorPayload,
+    Result,
+    ResultPayload,
+    Submit,
+    decode_json,
+    encode,
+    encode_json,
+    error_envelope,
+)
+from packetflow.protocol.molecules import parse_molecule
+
+# ---------------------------------------------------------------- the fake gateway
+
+
+@dataclass
+class FakeRecord:
+    reactor_id: str
+    specializations: tuple[str, ...] = ("general_purpose",)
+    implementation: str = "python"
+    locality: str | None = None
+    capacity: int = 10
+    in_flight: int = 0
+    reported_load: float = 0.0
+    health: str = "healthy"
+
+    def adjustment(self, group: str) -> float:
+        return 0.0
+
+
+@dataclass
+class FakeRegistry:
+    kinds: set[tuple[str, str]] = field(
+        default_factory=lambda: {
+            ("df", "transform"),
+            ("df", "load"),
+            ("df", "sleep"),
+            ("cf", "ping"),
+        }
+    )
+    records: list[FakeRecord] = field(default_factory=lambda: [FakeRecord("r1"), FakeRecord("r2")])
+    online: bool = True
+
+    def supports(self, group: str, element: str) -> bool:
+        return self.online and (group, element) in self.kinds
+
+    def candidates(self, group: str, element: str) -> list[FakeRecord]:
+        return list(self.records) if self.supports(group, element) else []
+
+
+class FakeCounter:
+    def labels(self, *args: str) -> FakeCounter:
+        return self
+
+    def inc(self) -> None:
+        pass
+
+
+class FakePeer:
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.seq = 0
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def send(self, frame: bytes) -> bool:
+        self.frames.append(json.loads(frame))
+        return True
+
+    def payloads(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return [
+            f["payload"]
+            for f in self.frames
+            if f["message_type"] == "coordinate"
+            and (kind is None or f["payload"]["coordination_type"] == kind)
+        ]
+
+
+@dataclass
+class Sent:
+    msg: Submit
+    on_frame: Callable[[bytes], None]
+    prefer: str | None
+
+    @property
+    def packet(self) -> Any:
+        return self.msg.payload.packet
+
+    @property
+    def data(self) -> Any:
+        return decode_json(self.packet.data)
+
+
+class FakeGateway:
+    def __init__(self, data_dir: Path) -> None:
+        self.config = SimpleNamespace(data_dir=data_dir, journal_path=None)
+        self.gateway_id = "gateway-test"
+        self.registry = FakeRegistry()
+        self.matrix = {g: dict(r) for g, r in STANDARD_MATRIX.items()}
+        self.metrics = SimpleNamespace(errors=FakeCounter())
+        self.sent: list[Sent] = []
+
+    def submit_internal(
+        self, msg: Submit, on_frame: Callable[[bytes], None], *, prefer: str | None = None
+    ) -> None:
+        self.sent.append(Sent(msg, on_frame, prefer))
+
+    def answer_error(
+        self,
+        target: Any,
+        err: PacketFlowError,
+        correlation_id: str | None,
+        packet_id: str | None,
+        destination_id: str | None = None,
+    ) -> bytes:
+        frame = encode(
+            error_envelope(
+                err,
+                message_id="msg_err",
+                now_ms=0,
+                source_id=self.gateway_id,
+                correlation_id=correlation_id,
+                packet_id=packet_id,
+            )
+        )
+        target.send(frame)
+        return frame
+
+    def sent_ids(self) -> list[str]:
+        return [s.packet.metadata["molecule_packet_id"] for s in self.sent]
+
+    def find(self, pid: str) -> Sent:
+        (found,) = [s for s in self.sent if s.packet.metadata["molecule_packet_id"] == pid]
+        return found
+
+
+def succeed(sent: Sent, data: dict[str, Any], reactor: str = "r1") -> None:
+    sent.on_frame(
+        encode(
+            Result(
+                protocol_version=PROTOCOL_VERSION,
+                message_id="msg_r",
+                timestamp=0,
+                source_id="gw",
+                correlation_id=sent.msg.message_id,
+                payload=ResultPayload(
+                    packet_id=sent.packet.id,
+                    status="success",
+                    data=msgspec.Raw(encode_json(data)),
+                    processing_metadata={"reactor_id": reactor, "total_duration_ms": 2.0},
+                ),
+            )
+        )
+    )
+
+
+def fail(sent: Sent, code: str = "PF005", retryable: bool = True, reactor: str = "r1") -> None:
+    sent.on_frame(
+        encode(
+            Error(
+                protocol_version=PROTOCOL_VERSION,
+                message_id="msg_e",
+                timestamp=0,
+                source_id="gw",
+                correlation_id=sent.msg.message_id,
+                payload=ErrorPayload(
+                    error_code=code,
+                    packet_id=sent.packet.id,
+                    error_message="boom",
+                    retry_possible=retryable,
+                    reactor_info={"reactor_id": reactor},
+                ),
+            )
+        )
+    )
+
+
+def coordinate(payload: dict[str, Any], message_id: str = "msg_init") -> Coordinate:
+    return Coordinate(
+        protocol_version=PROTOCOL_VERSION,
+        message_id=message_id,
+        timestamp=0,
+        source_id="client-1",
+        payload=msgspec.convert(payload, CoordinatePayload),
+    )
+
+
+def initiate(
+    mid: str, packets: list[dict[str, Any]], bonds: list[dict[str, Any]] | None = None, **props: Any
+) -> Coordinate:
+    return coordinate(
+        {
+            "coordination_type": "initiate",
+            "molecule_id": mid,
+            "molecular_structure": {"packets": packets, "bonds": bonds or [], "properties": props},
+        }
+    )
+
+
+def pk(pid: str, element: str = "transform", group: str = "df", **extra: Any) -> dict[str, Any]:
+    return {"id": pid, "group": group, "element": element, "data": {"n": pid}, **extra}
+
+
+async def settle() -> None:
+    """Let the coordinator's call_soon flushes run (no timing involved)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[tuple[MoleculeCoordinator, FakeGateway]]:
+    gateway = FakeGateway(tmp_path)
+    coordinator = MoleculeCoordinator(cast(Any, gateway))
+    await coordinator.start()
+    yield coordinator, gateway
+    await coordinator.stop()
+
+
+def journal_rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as db:
+        return db.execute(sql).fetchall()
+
+
+# ---------------------------------------------------------------- tests
+
+
+async def test_initiate_is_journaled_before_any_packet_or_acknowledgement(
+    env: tuple[MoleculeCoordinator, FakeGateway], tmp_path: Path
+) -> None:
+    """DESIGN §6: nothing is acknowledged (or started) before it is journaled."""
+    coordinator, gateway = env
+    peer = FakePeer()
+    coordinator.on_message(
+        cast(Any, peer),
+        initiate("m1", [pk("a"), pk("b")], [{"from": "a", "to": "b", "type": "ionic"}]),
+    )
+    db = tmp_path / "molecules.sqlite3"
+    assert peer.frames == [] and gateway.sent == []
+    assert journal_rows(db, "SELECT * FROM molecules") == []
+    await settle()
+    assert journal_rows(db, "SELECT molecule_id, status FROM molecules") == [("m1", None)]
+    kinds = [r[0] for r in journal_rows(db, "SELECT kind FROM events ORDER BY seq")]
+    assert kinds == ["molecule_started", "packet_submitted"]
+    assert gateway.sent_ids() == ["a"]
+    (ack,) = peer.payloads()  # the acknowledgement carries the first progress
+    assert ack["coordination_type"] == "initiate" and ack["status"] == "running"
+    assert ack["execution_plan"]["total_stages"] == 2
+    assert ack["execution_state"]["active_packets"] == ["a"]
+    assert all(f["correlation_id"] == "msg_init" for f in peer.frames)
+
+
+async def test_dataflow_fills_metadata_inputs_and_completes(
+    env: tuple[MoleculeCoordinator, FakeGateway],
+) -> None:
+    coordinator, gateway = env
+    peer = FakePeer()
+    coordinator.on_message(
+        cast(Any, peer),
+        initiate(
+            "m2",
+            [pk("a"), pk("b"), pk("c")],
+            [
+                {"from": "a", "to": "b", "type": "ionic"},
+                {"from": "a", "to": "c", "type": "covalent"},
+            ],
+        ),
+    )
+    await settle()
+    a = gateway.find("a")
+    run_id = peer.payloads()[0]["coordination_metadata"]["run_id"]
+    assert a.packet.id == f"m2:{run_id}:a"
+    assert a.packet.metadata["inputs"] == {} and a.data == {"n": "a"}
+    assert a.msg.source_id == "gateway-test"
+    succeed(a, {"result": [1, 2]}, reactor="r2")
+    await settle()
+    b, c = gateway.find("b"), gateway.find("c")
+    assert b.packet.metadata["inputs"] == {"a": {"result": [1, 2]}}
+    assert b.packet.dependencies == ["a"]
+    assert c.prefer == "r2"  # covalent pairs prefer the source's reactor (DESIGN §7)
+    assert b.prefer is None
+    succeed(b, {"result": "B"})
+    fail(c, "PF002", retryable=False)
+    await settle()
+    final = peer.payloads()[-1]
+    assert final["coordination_type"] == "complete"
+    assert final["status"] == "failed"
+    assert final["results"] == {"a": {"result": [1, 2]}, "b": {"result": "B"}}
+    assert final["error"]["error_code"] == "PF002"
+    assert final["execution_state"]["errors"]["c"]["error_code"] == "PF002"
+    assert all(p["molecule_id"] == "m2" for p in peer.payloads())
+    assert coordinator.status("m2", path="x")["status"] == "failed"
+
+
+async def test_progress_coalesces_changes_within_one_iteration(
+    env: tuple[MoleculeCoordinator, FakeGateway],
+) -> None:
+    coordinator, gateway = env
+    peer = FakePeer()
+    coordinator.on_message(cast(Any, peer), initiate("m3", [pk(p) for p in "abcd"]))
+    await settle()
+    before = len(peer.frames)
+    for pid in "abc":
+        succeed(gateway.find(pid), {"result": pid})
+    await settle()
+    (progress,) = peer.payloads()[before:]
+    state = progress["execution_state"]
+    assert state["completed_packets"] == ["a", "b", "c"]
+    assert state["active_packets"] == ["d"]
+    assert set(state["stage_results"]) == {"a", "b", "c"}
+    assert progress["performance_metrics"]["elapsed_time_ms"] >= 0
+
+
+async def test_retry_avoids_the_reactor_that_failed(
+    env: tuple[MoleculeCoordinator, FakeGateway],
+) -> None:
+    coordinator, gateway = env
+    peer = FakePeer()
+    coordinator.on_message(
+        cast(Any, peer),
+        initiate("m4", [pk("a")], fault_tolerance="retry_failed_stages", max_retries=2),
+    )
+    await settle()
+    first = gateway.sent[0]
+    fail(first, "PF005", retryable=True, reactor="r1")
+    await settle()
+    second = gateway.sent[1]
+    assert second.packet.id == first.packet.id  # the same id on every attempt
+    assert second.packet.metadata["attempt"] == 2
+    assert second.msg.payload.routing_preferences.avoid_reactors == ["r1"]
+    fail(first, "PF005")  # a late reply for a superseded attempt is ignored
+    succeed(second, {"result": "ok"}, reactor="r2")
+    await settle()
+    assert peer.payloads()[-1]["status"] == "success"
+
+
+async def test_resume_after_a_crash_reruns_nothing_finished(tmp_path: Path) -> None:
+    """DESIGN §7 durability: a new coordinator on the same journal resumes the molecule;
+    the finished packet keeps its result, the in-flight one is resubmitted under the same
+    packet id once reactors serve its element again."""
+    gateway1 = FakeGateway(tmp_path)
+    first = MoleculeCoordinator(cast(Any, gateway1))
+    await first.start()
+    peer = FakePeer()
+    first.on_message(
+        cast(Any, peer),
+        initiate(
+            "m5",
+            [pk("a"), pk("b"), pk("c")],
+            [
+                {"from": "a", "to": "b", "type": "ionic"},
+                {"from": "b", "to": "c", "type": "ionic"},
+            ],
+        ),
+    )
+    await settle()
+    succeed(gateway1.find("a"), {"result": "A"})
+    await settle()
+    b_before = gateway1.find("b")
+    journal = first.journal
+    assert journal is not None and journal.pending == 0  # everything so far is committed
+    first.journal = None  # "crash": the process dies without stopping anything...
+    first._stopped = True
+    journal.close()  # ...and the kernel drops its journal lock
+
+    gateway2 = FakeGateway(tmp_path)
+    gateway2.registry.online = False  # reactors have not re-announced yet
+    second = MoleculeCoordinator(cast(Any, gateway2))
+    await second.start()
+    try:
+        await settle()
+        assert gateway2.sent == []
+        gateway2.registry.online = True
+        await until(lambda: gateway2.sent)
+        (b_again,) = gateway2.sent
+        assert b_again.packet.id == b_before.packet.id
+        assert b_again.packet.metadata["inputs"] == {"a": {"result": "A"}}
+        succeed(b_again, {"result": "B"})
+        await settle()
+        succeed(gateway2.find("c"), {"result": "C"})
+        await settle()
+        status = second.status("m5", path="molecule_id")
+        assert status["coordination_type"] == "complete" and status["status"] == "success"
+        assert status["results"] == {
+            "a": {"result": "A"},
+            "b": {"result": "B"},
+            "c": {"result": "C"},
+        }
+        assert gateway2.sent_ids() == ["b", "c"]
+    finally:
+        await second.stop()
+
+
+async def test_finished_molecules_are_answered_from_the_journal(
+    env: tuple[MoleculeCoordinator, FakeGateway],
+) -> None:
+    coordinator, gateway = env
+    coordinator.on_message(cast(Any, FakePeer()), initiate("m6", [pk("a")]))
+    await settle()
+    succeed(gateway.find("a"), {"result": 1})
+    await settle()
+    coordinator.finished.clear()  # evicted from memory
+    status = coordinator.status("m6", path="molecule_id")
+    assert status["status"] == "success" and status["results"] == {"a": {"result": 1}}
+    with pytest.raises(coord.MoleculeFinished):
+        coordinator.abort("m6", path="payload.molecule_id", reason="x")
+
+
+@pytest.mark.parametrize(
+    ("structure", "code", "field"),
+    [
+        (
+            {
+                "packets": [pk("a"), pk("b")],
+                "bonds": [
+                    {"from": "a", "to": "b", "type": "ionic"},
+                    {"from": "b", "to": "a", "type": "ionic"},
+                ],
+            },
+            "PF102",
+            "payload.molecular_structure.bonds[1]",
+        ),
+        ({"packets": [pk("a"), pk("a")]}, "PF002", "payload.molecular_structure.packets[1].id"),
+        (
+            {"packets": [pk("a", data=[1, 2])]},
+            "PF002",
+            "payload.molecular_structure.packets[0].data",
+        ),
+        (
+            {"packets": [pk("a", element="provision", group="cf")]},
+            "PF003",
+            "payload.molecular_structure.packets[0].element",
+        ),
+    ],
+)
+async def test_bad_molecules_get_one_error_and_nothing_runs(
+    env: tuple[MoleculeCoordinator, FakeGateway],
+    tmp_path: Path,
+    structure: dict[str, Any],
+    code: str,
+    field: str,
+) -> None:
+    coordinator, gateway = env
+    peer = FakePeer()
+    coordinator.on_message(
+        cast(Any, peer),
+        coordinate(
+            {
+                "coordination_type": "initiate",
+                "molecule_id": "bad",
+                "molecular_structure": structure,
+            },
+            message_id="msg_bad",
+        ),
+    )
+    await settle()
+    (frame,) = peer.frames
+    assert frame["message_type"] == "error" and frame["correlation_id"] == "msg_bad"
+    assert frame["payload"]["error_code"] == code
+    assert frame["payload"]["error_details"]["field"] == field
+    assert gateway.sent == []
+    assert journal_rows(tmp_path / "molecules.sqlite3", "SELECT * FROM molecules") == []
+
+
+async def test_requests_for_unknown_molecules_name_the_field(
+    env: tuple[MoleculeCoordinator, FakeGateway],
+) -> None:
+    coordinator, _ = env
+    for kind in ("abort", "status", "optimize"):
+        peer = FakePeer()
+        coordinator.on_message(
+            cast(Any, peer), coordinate({"coordination_type": kind, "molecule_id": "ghost"})
+        )
+        (frame,) = peer.frames
+        details = frame["payload"]["error_details"]
+        assert frame["payload"]["error_code"] == "PF002"
+        assert details["field"] == "payload.molecule_id"
+        assert details["validation_rule"] == "known_molecule"
+        assert details["molecule_id"] == "ghost"
+    peer = FakePeer()
+    coordinator.on_message(cast(Any, peer), coordinate({"coordination_type": "complete"}))
+    assert peer.frames[0]["payload"]["error_details"]["field"] == "payload.coordination_type"
+
+
+async def test_a_running_id_cannot_be_initiated_twice(
+    env: tuple[MoleculeCoordinator, FakeGateway],
+) -> None:
+    coordinator, _ = env
+    coordinator.on_message(cast(Any, FakePeer()), initiate("dup", [pk("a")]))
+    peer = FakePeer()
+    coordinator.on_message(cast(Any, peer), initiate("dup", [pk("a")]))
+    assert peer.frames[0]["payload"]["error_details"]["validation_rule"] == "unique_running"
+
+
+async def test_a_journal_failure_refuses_the_initiate(
+    env: tuple[MoleculeCoordinator, FakeGateway], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coordinator, gateway = env
+    journal = coordinator.journal
+    assert journal is not None
+
+    def broken() -> None:
+        raise JournalError("disk full")
+
+    monkeypatch.setattr(journal, "commit", broken)
+    peer = FakePeer()
+    coordinator.on_message(cast(Any, peer), initiate("m7", [pk("a")]))
+    await settle()
+    assert gateway.sent == []
+    (frame,) = peer.frames
+    assert frame["payload"]["error_code"] == "PF503"
+    assert "m7" not in coordinator.active
+    assert coordinator.journal_errors == 1
+
+
+async def test_abort_cancels_and_answers_both_streams(
+    env: tuple[MoleculeCoordinator, FakeGateway],
+) -> None:
+    coordinator, gateway = env
+    watcher, admin = FakePeer(), FakePeer()
+    coordinator.on_message(
+        cast(Any, watcher),
+        initiate("m8", [pk("a"), pk("b")], [{"from": "a", "to": "b", "type": "ionic"}]),
+    )
+    await settle()
+    coordinator.on_message(
+        cast(Any, admin),
+        coordinate({"coordination_type": "abort", "molecule_id": "m8"}, message_id="msg_abort"),
+    )
+    await settle()
+    assert watcher.payloads()[-1]["coordination_type"] == "abort"
+    assert watcher.frames[-1]["correlation_id"] == "msg_init"
+    (answer,) = admin.frames
+    assert answer["correlation_id"] == "msg_abort"
+    assert answer["payload"]["status"] == "aborted"
+    succeed(gateway.find("a"), {"result": 1})  # the cancelled packet's late reply
+    await settle()
+    assert coordinator.status("m8", path="x")["status"] == "aborted"
+
+
+async def test_molecule_timeout(env: tuple[MoleculeCoordinator, FakeGateway]) -> None:
+    coordinator, _ = env
+    peer = FakePeer()
+    coordinator.on_message(cast(Any, peer), initiate("m9", [pk("a")], timeout_ms=30))
+    await until(lambda: peer.payloads("complete"))
+    final = peer.payloads("complete")[0]
+    assert final["status"] == "timeout" and final["error"]["error_code"] == "PF504"
+
+
+async def test_optimize_apply_starts_a_freed_target(
+    env: tuple[MoleculeCoordinator, FakeGateway],
+) -> None:
+    coordinator, gateway = env
+    peer = FakePeer()
+    coordinator.on_message(
+        cast(Any, peer),
+        initiate(
+            "m10",
+            [pk("slow", "sleep"), pk("ping", "ping", group="cf")],
+            [{"from": "slow", "to": "ping", "type": "ionic"}],
+        ),
+    )
+    await settle()
+    admin = FakePeer()
+    coordinator.on_message(
+        cast(Any, admin),
+        coordinate({"coordination_type": "optimize", "molecule_id": "m10", "apply": True}),
+    )
+    await settle()
+    assert admin.frames[0]["payload"]["status"] == "applied"
+    assert gateway.sent_ids() == ["slow", "ping"]
+    succeed(gateway.find("ping"), {"pong": True})
+    succeed(gateway.find("slow"), {"result": 1})
+    await settle()
+    assert peer.payloads()[-1]["status"] == "success"
+
+
+async def test_plan_answers_validate_reserve_execute(
+    env: tuple[MoleculeCoordinator, FakeGateway],
+) -> None:
+    coordinator, gateway = env
+    structure = {
+        "packets": [pk("a"), pk("b"), pk("c")],
+        "bonds": [
+            {"from": "a", "to": "b", "type": "ionic"},
+            {"from": "a", "to": "c", "type": "ionic"},
+        ],
+    }
+    plan = coordinator.plan("execute", {"molecular_structure": structure}, path="payload")
+    assert [s["packets"] for s in plan["execution_plan"]["stages"]] == [["a"], ["b", "c"]]
+    reserve = coordinator.plan("reserve", {"molecular_structure": structure}, path="payload")
+    assert {r["reactor_id"] for r in reserve["resource_reservations"]} <= {"r1", "r2"}
+    assert gateway.sent == []
+
+
+def test_wire_ids_stay_within_128_chars() -> None:
+    state = SimpleNamespace(molecule_id="m" * 100, run_id="abcd1234")
+    wire = MoleculeCoordinator._wire_id(cast(Any, None), cast(Any, state), "p" * 100)
+    assert len(wire) <= 128 and wire.startswith("molecule:abcd1234:")
+    short = SimpleNamespace(molecule_id="m", run_id="abcd1234")
+    assert MoleculeCoordinator._wire_id(cast(Any, None), cast(Any, short), "p") == "m:abcd1234:p"
+
+
+# ---------------------------------------------------------------- §7.4 suggestions (pure)
+
+
+def _observed(
+    state: str = "succeeded",
+    attempts: int = 1,
+    failed: int = 0,
+    ms: float | None = 100.0,
+    reactor: str | None = "r1",
+    size: int = 10,
+) -> Observed:
+    return Observed(state, attempts, failed, ms, reactor, size)
+
+
+def test_suggest_parallelizes_data_free_chains_and_weakens_failing_bonds() -> None:
+    molecule = parse_molecule(
+        {
+            "molecule_id": "m",
+            "packets": [
+                {"id": "a", "group": "cf", "element": "ping"},
+                {"id": "b", "group": "cf", "element": "ping", "dependencies": ["a"]},
+                {"id": "c", "group": "df", "element": "transform", "dependencies": ["b"]},
+            ],
+        }
+    )
+    observed = {"a": _observed(attempts=2, failed=1), "b": _observed(), "c": _observed()}
+    result = suggest(
+        molecule,
+        list(molecule.bonds),
+        observed,
+        lambda p: None,
+        lambda p: set(),
+        wanted={"bond_strength", "locality", "parallelization"},
+    )
+    (group,) = result.parallel
+    assert group["packets"] == ["a", "b"]  # c reads b's result: not parallel
+    assert group["optimized_bonds"] == ["metallic"]
+    by_bond = {a["bond_id"]: a for a in result.adjustments}
+    assert by_bond["a->b"]["reason"] == "observed_source_failures"
+    assert by_bond["a->b"]["new_strength"] == 0.5
+    assert "b->c" not in by_bond
+    assert result.expected_improvement["critical_path_ms_before"] == 300.0
+    assert result.expected_improvement["critical_path_ms_after"] == 200.0
+    assert result.expected_improvement["latency_reduction_ms"] == 100.0
+    assert result.structure["bonds"][0]["type"] == "metallic"
+
+
+def test_suggest_groups_covalent_pairs_on_the_reactor_that_ran_them() -> None:
+    molecule = parse_molecule(
+        {
+            "molecule_id": "m",
+            "packets": [
+                {"id": "a", "group": "df", "element": "load"},
+                {"id": "b", "group": "df", "element": "transform"},
+                {"id": "c", "group": "df", "element": "transform"},
+            ],
+            "bonds": [
+                {"from": "a", "to": "b", "type": "covalent"},
+                {"from": "b", "to": "c", "type": "ionic"},
+            ],
+        }
+    )
+    observed = {
+        "a": _observed(reactor="r2"),
+        "b": _observed(reactor="r2"),
+        "c": _observed(reactor="r1", size=coord.LOCALITY_MIN_BYTES),
+    }
+    observed["b"] = _observed(reactor="r2", size=coord.LOCALITY_MIN_BYTES)
+    result = suggest(
+        molecule,
+        list(molecule.bonds),
+        observed,
+        lambda p: None,
+        lambda p: {"r1", "r2"},
+        wanted={"locality"},
+    )
+    (group,) = result.locality
+    assert group["packet_group"] == ["a", "b", "c"]
+    assert group["preferred_reactor"] == "r2"
+    assert group["reason"] == "frequent_data_exchange"
+    assert group["affinity_boost"] == coord.LOCALITY_AFFINITY_BOOST
