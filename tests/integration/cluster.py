@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from subprocess import Popen
 from typing import Any, TypeVar
 
@@ -51,6 +54,9 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "con
 @dataclass
 class Cluster:
     nodes: list[Node] = field(default_factory=list)
+    # Each node gets its own data dir unless the test names one, so parallel tests never
+    # share a molecule journal (the journal is locked to one gateway) or df:save files.
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pf-cluster-")))
 
     def _start(self, args: list[str]) -> Node:
         proc = spawn(["--log-level", "WARNING", *args], new_session=False)
@@ -62,12 +68,18 @@ class Cluster:
         self.nodes.append(node)
         return node
 
+    def _data_dir(self, args: tuple[str, ...]) -> list[str]:
+        if "--data-dir" in args:
+            return []
+        path = self.root / f"node-{len(self.nodes)}"
+        return ["--data-dir", str(path)]
+
     def gateway(self, *args: str) -> Node:
-        return self._start(["gateway", "--port", "0", *args])
+        return self._start(["gateway", "--port", "0", *self._data_dir(args), *args])
 
     def reactor(self, gateway: Node | None, *args: str, linked: bool = True) -> Node:
         extra = ["--gateway", gateway.url] if gateway is not None else []
-        node = self._start(["reactor", "--port", "0", *extra, *args])
+        node = self._start(["reactor", "--port", "0", *extra, *self._data_dir(args), *args])
         if gateway is not None and linked:
             wait_for(lambda: self.health_of(gateway, node.id) == "healthy", START_TIMEOUT_S,
                      f"reactor {node.id} to link")  # fmt: skip
@@ -83,3 +95,4 @@ class Cluster:
     def stop(self) -> None:
         stop_all([n.proc for n in reversed(self.nodes)], 10)
         self.nodes.clear()
+        shutil.rmtree(self.root, ignore_errors=True)

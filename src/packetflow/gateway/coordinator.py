@@ -295,8 +295,7 @@ class MoleculeCoordinator:
     async def start(self) -> None:
         """Open the journal and resume every unfinished molecule in it."""
         self._stopped = False
-        sync = getattr(self.gateway.config, "journal_sync", None)
-        journal = SqliteJournal(self.journal_path(), synchronous=sync)
+        journal = SqliteJournal(self.journal_path(), synchronous=self.gateway.config.journal_sync)
         try:
             stored = journal.open()
         except JournalError as exc:

@@ -168,6 +168,7 @@ class GatewayConfig:
     # Where the molecule journal (SQLite) lives; journal_path overrides the file name.
     data_dir: Path = field(default_factory=lambda: Path("data"))
     journal_path: Path | None = None
+    journal_sync: str | None = None  # SQLite synchronous: NORMAL (default) or FULL
 
 
 class CallbackTarget:
