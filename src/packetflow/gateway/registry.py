@@ -34,6 +34,7 @@ class ReactorRecord:
     last_heartbeat: dict[str, Any] | None = None
     link: ReactorLink | None = None
     dialing: bool = False
+    routed_counter: Any = None  # the Prometheus child for this reactor
     adjustments: dict[str, float] = field(default_factory=dict)
     flights: set[Any] = field(default_factory=set)
     announce: dict[str, Any] = field(default_factory=dict)

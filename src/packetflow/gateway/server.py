@@ -596,7 +596,9 @@ class Gateway:
         if not link.peer.send(encode(forwarded)):
             self._reroute(flight, "reactor connection closed while sending")
         else:
-            self.metrics.routed.labels(record.reactor_id).inc()
+            if record.routed_counter is None:  # labels() costs a lookup: once per reactor
+                record.routed_counter = self.metrics.routed.labels(record.reactor_id)
+            record.routed_counter.inc()
 
     def _enqueue(self, flight: Flight) -> None:
         packet = flight.admitted.packet

@@ -36,6 +36,9 @@ class AffinityLearner:
     def __init__(self, half_life_s: float = DEFAULT_HALF_LIFE_S) -> None:
         self.half_life_s = half_life_s
         self._seen: dict[tuple[str, str], _Observed] = {}
+        # Per group: (sum of the reactors' latency EWMAs, how many reactors), kept as the
+        # EWMAs move so the group mean costs O(1) per packet, not a scan of every reactor.
+        self._group_sum: dict[str, list[float]] = {}
         self._last_decay: float | None = None
 
     def observe(self, reactor_id: str, group: str, latency_ms: float, ok: bool) -> float:
@@ -43,10 +46,15 @@ class AffinityLearner:
         key = (reactor_id, group)
         seen = self._seen.get(key)
         failure = 0.0 if ok else 1.0
+        total = self._group_sum.setdefault(group, [0.0, 0.0])
         if seen is None:
             seen = self._seen[key] = _Observed(latency_ms, failure, 1)
+            total[0] += latency_ms
+            total[1] += 1
         else:
-            seen.latency_ms += EWMA_ALPHA * (latency_ms - seen.latency_ms)
+            step = EWMA_ALPHA * (latency_ms - seen.latency_ms)
+            seen.latency_ms += step
+            total[0] += step
             seen.failure += EWMA_ALPHA * (failure - seen.failure)
             seen.samples += 1
         seen.adjustment = self._adjustment(group, seen)
@@ -55,8 +63,8 @@ class AffinityLearner:
     def _adjustment(self, group: str, seen: _Observed) -> float:
         if seen.samples < MIN_SAMPLES:
             return 0.0
-        peers = [o.latency_ms for (_, g), o in self._seen.items() if g == group]
-        mean = sum(peers) / len(peers)
+        total, count = self._group_sum[group]
+        mean = total / count
         speed = (mean - seen.latency_ms) / mean if mean > 0 else 0.0
         raw = LATENCY_WEIGHT * max(-1.0, min(1.0, speed)) - ERROR_WEIGHT * seen.failure * 2
         return max(-MAX_DYNAMIC_ADJUSTMENT, min(MAX_DYNAMIC_ADJUSTMENT, raw))
@@ -82,7 +90,10 @@ class AffinityLearner:
 
     def forget(self, reactor_id: str) -> None:
         for key in [k for k in self._seen if k[0] == reactor_id]:
-            del self._seen[key]
+            seen = self._seen.pop(key)
+            total = self._group_sum[key[1]]
+            total[0] -= seen.latency_ms
+            total[1] -= 1
 
     def observed(self) -> dict[tuple[str, str], tuple[float, float, int]]:
         """(latency_ms, failure rate, samples) per (reactor, group), for mc:optimize."""

@@ -8,6 +8,7 @@ RESULT (message 4) with processing metadata.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,18 +100,39 @@ def forward_submit(
     )
 
 
-_STATS_KEY = b'"processing_stats"'
+_STATS_KEY = b'"processing_stats":'
+# A flat JSON object (our reactors' stats are numbers only).
+_FLAT_OBJECT = re.compile(rb"\{[^{}\[\]]*\}")
 
 
 def split_processing_stats(data: Raw) -> tuple[Raw, float | None]:
     """Remove ``processing_stats`` from result data; return it and its duration_ms.
 
-    Only results that carry the key are decoded, so large results pass through as bytes.
+    packetflow reactors put the stats last, so the fast path cuts them off the end of
+    the bytes; any other layout is decoded and re-encoded. Results without the key pass
+    through untouched.
     """
-    if _STATS_KEY not in bytes(memoryview(data)):
+    raw = bytes(memoryview(data))
+    at = raw.rfind(_STATS_KEY)
+    if at < 0:
         return data, None
+    start = at - 1
+    while start >= 0 and raw[start] in b" \t\r\n":
+        start -= 1
+    tail = raw[at + len(_STATS_KEY) : -1].strip()
+    if (
+        start >= 0
+        and raw[start] in b",{"
+        and raw.rstrip().endswith(b"}")
+        and (_FLAT_OBJECT.fullmatch(tail))
+    ):
+        stats = decode_json(tail)
+        head = raw[:start] if raw[start] == ord(",") else raw[: start + 1]
+        body = head + b"}"
+        duration = stats.get("duration_ms") if isinstance(stats, dict) else None
+        return Raw(body), float(duration) if isinstance(duration, int | float) else None
     value: Any = decode_json(data)
-    if not isinstance(value, dict):
+    if not isinstance(value, dict) or "processing_stats" not in value:
         return data, None
     stats = value.pop("processing_stats", None)
     duration = stats.get("duration_ms") if isinstance(stats, dict) else None
