@@ -239,8 +239,7 @@ class LocalElements:
                                 "type")  # fmt: skip
         self.history.append({"version": previous, "matrix": self.gateway.matrix,
                              "replaced_at": now_ms()})  # fmt: skip
-        self.gateway.matrix = matrix
-        self.gateway.matrix_version = version
+        self.gateway.set_matrix(matrix, version)
         log.info("affinity matrix %s -> %s", previous, version)
         return {"version": version, "previous_version": previous, "applied": True,
                 "matrix": matrix, "effective_at": now_ms()}  # fmt: skip

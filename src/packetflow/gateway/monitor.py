@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..protocol.breaker import CircuitBreaker
+from ..protocol.breaker import BreakerState, BreakerTransition, CircuitBreaker
 from ..protocol.health import (
     CheckKind,
     ConnectionLost,
@@ -103,7 +103,7 @@ class HealthMonitor:
         transition = self.tracker(record).observe(event)
         if transition is None:
             return
-        record.health = transition.new.value
+        self.gateway.registry.set_health(record, transition.new.value)
         level = logging.WARNING if transition.new.value in ("failed", "degraded") else logging.INFO
         log.log(level, "reactor %s: %s -> %s (%s)", record.reactor_id, transition.old.value,
                 transition.new.value, transition.reason)  # fmt: skip
@@ -121,7 +121,7 @@ class HealthMonitor:
         self.observe(record, ConnectionLost(time.monotonic()))
         breaker = self.breakers.get(record.reactor_id)
         if breaker is not None:
-            breaker.record_failure(time.monotonic())
+            self._breaker_moved(record, breaker.record_failure(time.monotonic()))
 
     def heartbeat(self, record: ReactorRecord, msg: Heartbeat) -> None:
         now = time.monotonic()
@@ -147,22 +147,23 @@ class HealthMonitor:
         self.observe(record, PacketFinished(now, ok=not fault))
         breaker = self.breakers.get(record.reactor_id)
         if breaker is not None:
-            if fault:
-                breaker.record_failure(now)
-            else:
-                breaker.record_success(now)
+            moved = breaker.record_failure(now) if fault else breaker.record_success(now)
+            self._breaker_moved(record, moved)
+
+    def _breaker_moved(self, record: ReactorRecord, moved: BreakerTransition | None) -> None:
+        """An open breaker takes the reactor out of routing; half-open lets trials in."""
+        if moved is None:
+            return
+        log.warning("reactor %s: circuit %s -> %s (%s)", record.reactor_id, moved.old.value,
+                    moved.new.value, moved.reason)  # fmt: skip
+        self.gateway.registry.set_excluded(record, moved.new is BreakerState.OPEN)
+        if moved.new is not BreakerState.OPEN:
+            self.gateway.slot_freed(record)
 
     def admits(self, record: ReactorRecord) -> bool:
         """The §10.3.2 breaker's say; a half-open breaker admits a few trial packets."""
         breaker = self.breakers.get(record.reactor_id)
         return breaker is None or breaker.allow(time.monotonic())
-
-    def breaker_open(self, record: ReactorRecord) -> bool:
-        breaker = self.breakers.get(record.reactor_id)
-        if breaker is None:
-            return False
-        breaker.poll(time.monotonic())
-        return breaker.state.value == "open"
 
     # ------------------------------------------------------------------ probes
 
@@ -228,12 +229,15 @@ class HealthMonitor:
 
     async def _run(self) -> None:
         """One loop drives every schedule: it wakes at a fraction of the shortest interval."""
-        tick = max(0.01, min(self.config.ping.interval_s, self.config.ping.timeout_s) / 4)
+        tick = max(0.01, min(1.0, self.config.ping.interval_s / 4, self.config.ping.timeout_s))
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
             self.gateway.decay_adjustments(now)
             for record in self.gateway.registry:
+                breaker = self.breakers.get(record.reactor_id)
+                if breaker is not None:  # open → half-open happens with time (§10.3.2)
+                    self._breaker_moved(record, breaker.poll(now))
                 tracker = self.tracker(record)
                 self.observe(record, TimerFired(now))
                 if tracker.departed(now):

@@ -10,6 +10,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..protocol.chemistry import AffinityMatrix
+from ..protocol.routing_table import RoutingTable
+
 if TYPE_CHECKING:
     from .links import ReactorLink
 
@@ -68,9 +71,17 @@ class ReactorRecord:
 
 
 class ReactorRegistry:
-    def __init__(self) -> None:
+    """The records, indexed by capability, mirrored into a ``RoutingTable`` so a routing
+    decision is a few vector operations however many reactors there are (DESIGN §5).
+
+    Every change to what routing reads goes through a method here, so the two never
+    disagree.
+    """
+
+    def __init__(self, matrix: AffinityMatrix) -> None:
         self._records: dict[str, ReactorRecord] = {}
         self._index: dict[tuple[str, str], dict[str, ReactorRecord]] = {}
+        self.table = RoutingTable(matrix)
 
     def __len__(self) -> int:
         return len(self._records)
@@ -100,12 +111,15 @@ class ReactorRegistry:
         self._records[record.reactor_id] = record
         for key in record.capabilities:
             self._index.setdefault(key, {})[record.reactor_id] = record
+        self.table.add(record.reactor_id, record.specializations, record.implementation,
+                       record.locality, record.capacity, record.capabilities)  # fmt: skip
         return record
 
     def remove(self, reactor_id: str) -> ReactorRecord | None:
         record = self._records.pop(reactor_id, None)
         if record is not None:
             self._unindex(record)
+            self.table.remove(reactor_id)
         return record
 
     def _unindex(self, record: ReactorRecord) -> None:
@@ -122,3 +136,28 @@ class ReactorRegistry:
 
     def supports(self, group: str, element: str) -> bool:
         return (group, element) in self._index
+
+    # ------------------------------------------------------------------ routing state
+
+    def set_health(self, record: ReactorRecord, health: str) -> None:
+        record.health = health
+        self.table.set_health(record.reactor_id, health)
+
+    def add_in_flight(self, record: ReactorRecord, delta: int) -> None:
+        record.in_flight += delta
+        self.table.set_in_flight(record.reactor_id, record.in_flight)
+
+    def set_reported_load(self, record: ReactorRecord, load: float) -> None:
+        record.reported_load = load
+        self.table.set_reported_load(record.reactor_id, load)
+
+    def set_adjustment(self, record: ReactorRecord, group: str, value: float) -> None:
+        record.adjustments[group] = value
+        self.table.set_adjustment(record.reactor_id, group, value)
+
+    def set_excluded(self, record: ReactorRecord, excluded: bool) -> None:
+        """An open circuit breaker takes the reactor out of routing (§10.3.2)."""
+        self.table.set_excluded(record.reactor_id, excluded)
+
+    def set_matrix(self, matrix: AffinityMatrix) -> None:
+        self.table.set_matrix(matrix)

@@ -204,8 +204,8 @@ class Gateway:
     def __init__(self, config: GatewayConfig | None = None) -> None:
         self.config = config or GatewayConfig()
         self.gateway_id = self.config.gateway_id
-        self.registry = ReactorRegistry()
         self.matrix: dict[str, dict[str, float]] = {g: dict(r) for g, r in STANDARD_MATRIX.items()}
+        self.registry = ReactorRegistry(self.matrix)
         self.matrix_version = STANDARD_MATRIX_VERSION
         self.pending: dict[str, Flight] = {}
         self.waiting: dict[tuple[str, str], PriorityQueue[Flight]] = {}
@@ -464,9 +464,8 @@ class Gateway:
         monitor = self.monitor
         for _ in range(8):
             self._rr += 1
-            decision = routing.decide(
-                (r for r in candidates if not monitor.breaker_open(r)),
-                group=packet.group, priority=flight.admitted.priority, matrix=self.matrix,
+            decision = self.registry.table.decide(
+                packet.group, packet.element, priority=flight.admitted.priority,
                 preferences=prefs, round_robin=self._rr,
             )  # fmt: skip
             if not isinstance(decision, routing.Chosen):
@@ -587,7 +586,7 @@ class Gateway:
             flight.story.reactor_id = record.reactor_id
             flight.story.attempts += 1
             self._advance(flight, PacketEvent.ROUTED, PacketEvent.STARTED)
-        record.in_flight += 1
+        self.registry.add_in_flight(record, 1)
         record.flights.add(flight)
         self.pending[message_id] = flight
         flight.timer = asyncio.get_running_loop().call_later(
@@ -734,18 +733,25 @@ class Gateway:
         flight.timer = asyncio.get_running_loop().call_later(delay / 1000.0, fire)
         return True
 
+    def set_matrix(self, matrix: dict[str, dict[str, float]], version: str) -> None:
+        """§6.4: the next routing decision uses ``matrix``."""
+        self.matrix = matrix
+        self.matrix_version = version
+        self.registry.set_matrix(matrix)
+
     def _learn(self, flight: Flight, record: ReactorRecord, ok: bool) -> None:
         """§6.3.2: fold the observed latency and outcome into the reactor's adjustment."""
         group = flight.admitted.packet.group
         latency_ms = (time.monotonic() - flight.dispatched_at) * 1000.0
-        record.adjustments[group] = self.learner.observe(record.reactor_id, group, latency_ms,
-                                                         ok)  # fmt: skip
+        value = self.learner.observe(record.reactor_id, group, latency_ms, ok)
+        if value != record.adjustments.get(group, 0.0):
+            self.registry.set_adjustment(record, group, value)
 
     def decay_adjustments(self, now: float) -> None:
         for (reactor_id, group), value in self.learner.decay(now).items():
             record = self.registry.get(reactor_id)
             if record is not None:
-                record.adjustments[group] = value
+                self.registry.set_adjustment(record, group, value)
 
     def slot_freed(self, record: ReactorRecord) -> None:
         """A reactor has room (a reply, or it became routable): feed it waiting packets."""
@@ -758,7 +764,7 @@ class Gateway:
             flight.timer = None
         record = flight.reactor
         if record is not None:
-            record.in_flight -= 1
+            self.registry.add_in_flight(record, -1)
             record.flights.discard(flight)
         if flight.gateway_message_id is not None:
             self.pending.pop(flight.gateway_message_id, None)
@@ -977,7 +983,9 @@ class Gateway:
         record.last_seen = time.monotonic()
         record.last_heartbeat = msgspec.to_builtins(payload)
         if payload.health_status is not None:
-            record.reported_load = max(0.0, min(1.0, payload.health_status.load_factor))
+            load = max(0.0, min(1.0, payload.health_status.load_factor))
+            if load != record.reported_load:
+                self.registry.set_reported_load(record, load)
 
     async def _add_static(self, url: str) -> None:
         """A reactor from the static list: ask it to describe itself, then register it."""
