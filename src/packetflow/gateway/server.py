@@ -28,6 +28,7 @@ from aiohttp import WSMsgType, web
 from ..protocol import routing
 from ..protocol.affinity import AffinityLearner
 from ..protocol.chemistry import STANDARD_MATRIX, STANDARD_MATRIX_VERSION
+from ..protocol.deadlines import DeadlineWheel
 from ..protocol.errors import (
     GatewayTimeout,
     InvalidPacket,
@@ -218,6 +219,7 @@ class Gateway:
         self.local = LocalElements(self)
         self.learner = AffinityLearner()
         self.stories: OrderedDict[str, PacketStory] = OrderedDict()
+        self.deadlines: DeadlineWheel[Flight] = DeadlineWheel()
         self._rr = 0
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -257,6 +259,7 @@ class Gateway:
 
             self._discovery = await start_discovery(self)
         self.monitor.start()
+        self._spawn(self._sweep_deadlines())
         await self.coordinator.start()
         log.info("gateway %s listening on ws://%s:%s/ws", self.gateway_id, self.config.host,
                  self.port)  # fmt: skip
@@ -589,9 +592,7 @@ class Gateway:
         self.registry.add_in_flight(record, 1)
         record.flights.add(flight)
         self.pending[message_id] = flight
-        flight.timer = asyncio.get_running_loop().call_later(
-            flight.deadline - now + DEADLINE_SLACK_S, self._deadline_passed, flight
-        )
+        self.deadlines.add(flight, flight.deadline + DEADLINE_SLACK_S)
         if not link.peer.send(encode(forwarded)):
             self._reroute(flight, "reactor connection closed while sending")
         else:
@@ -759,6 +760,7 @@ class Gateway:
 
     def _land(self, flight: Flight) -> None:
         """The reactor is done with ``flight`` (answered, lost, or timed out)."""
+        self.deadlines.discard(flight)
         if flight.timer is not None:
             flight.timer.cancel()
             flight.timer = None
@@ -824,6 +826,14 @@ class Gateway:
                                      now=time.monotonic())  # fmt: skip
         for msg, target in waiters:
             target.send(_recorrelate(frame, msg, target))
+
+    async def _sweep_deadlines(self) -> None:
+        """Answer every in-flight packet whose reactor missed its deadline (one sweep per
+        wheel tick instead of one event-loop timer per packet)."""
+        while True:
+            await asyncio.sleep(self.deadlines.resolution_s)
+            for flight in self.deadlines.expired(time.monotonic()):
+                self._deadline_passed(flight)
 
     def _deadline_passed(self, flight: Flight) -> None:
         flight.timer = None

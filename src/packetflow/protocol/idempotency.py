@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Final, Generic, TypeVar
 
 T = TypeVar("T")
@@ -83,14 +82,15 @@ class IdempotencyWindow(Generic[T, W]):
         self._entries.pop(key, None)
 
     def _evict(self, now: float) -> None:
-        # Oldest first; running entries are kept unless the table is over its cap. Only a
-        # few of the oldest are examined per call, so admission stays O(1).
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-        expired = [
-            key
-            for key, entry in islice(self._entries.items(), EVICT_SCAN)
-            if entry.finished_at is not None and now - entry.finished_at > self.ttl_s
-        ]
-        for key in expired:
-            del self._entries[key]
+        # Oldest first; running entries are kept unless the table is over its cap. Only
+        # the oldest entries are examined, so admission stays O(1) amortised.
+        entries = self._entries
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
+        for _ in range(EVICT_SCAN):
+            oldest = next(iter(entries.values()), None)
+            if oldest is None or oldest.finished_at is None:
+                return
+            if now - oldest.finished_at <= self.ttl_s:
+                return
+            entries.popitem(last=False)
