@@ -125,7 +125,7 @@ class Sent:
 
 class FakeGateway:
     def __init__(self, data_dir: Path) -> None:
-        self.config = SimpleNamespace(data_dir=data_dir, journal_path=None)
+        self.config = SimpleNamespace(data_dir=data_dir, journal_path=None, journal_sync=None)
         self.gateway_id = "gateway-test"
         self.registry = FakeRegistry()
         self.matrix = {g: dict(r) for g, r in STANDARD_MATRIX.items()}

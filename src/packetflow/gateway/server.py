@@ -307,8 +307,8 @@ class Gateway:
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=SOCKET_MAX_MSG, decode_text=False,
                                    compress=True, heartbeat=None)  # fmt: skip
-        await ws.prepare(request)
-        peer = Peer(ws, f"gateway<-{request.remote}")
+        stream = await ws.prepare(request)
+        peer = Peer(ws, f"gateway<-{request.remote}", stream)
         self._peers.add(peer)
         try:
             async for frame in ws:

@@ -117,7 +117,7 @@ class HealthStatus(msgspec.Struct):
     last_error: str | None = None
 
 
-class HeartbeatPayload(msgspec.Struct, omit_defaults=True):
+class HeartbeatPayload(msgspec.Struct):
     reactor_id: str
     implementation: str = "python"
     specializations: list[str] = msgspec.field(default_factory=list)

@@ -5,24 +5,38 @@ Admission rules (DESIGN §4, §10): a packet id seen again joins or replays (ide
 window); a draining reactor answers PF503; an element it does not serve answers PF003;
 above ``max_concurrent_packets`` packets wait in a queue ordered by priority then age,
 and a full queue answers PF004 with ``retry_delay_ms``.
+
+How a packet runs: ``submit`` admits it and starts or queues it; ``_run`` is one task per
+packet that calls the handler (async ones on the loop, sync ones on a thread, ``cpu_bound``
+ones in a process) and ``_finish`` answers it exactly once, then starts the next queued
+packet. Deadlines of running packets are kept by a single timer armed at the earliest
+deadline (``_sweep``) instead of one timer per packet: starting a packet costs a
+comparison, and a handler that ignores its cancellation is still answered on time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
+import math
+import multiprocessing
 import os
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import msgspec
 from msgspec import Raw
 
+from ..protocol.chemistry import GROUPS
 from ..protocol.errors import (
     NoReactorAvailable,
     Overloaded,
@@ -32,6 +46,7 @@ from ..protocol.errors import (
 )
 from ..protocol.idempotency import IdempotencyWindow
 from ..protocol.messages import (
+    MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     ErrorPayload,
     Message,
@@ -62,6 +77,20 @@ DEFAULT_MAX_CONCURRENT = 128
 DEFAULT_MAX_QUEUE = 4096
 # What a PF004 tells the sender to wait (§10.3.1 initial_delay_ms).
 OVERLOAD_RETRY_DELAY_MS = 1000
+# A result larger than this is answered PF005 "result_too_large" instead of being sent:
+# the gateway's link to a reactor closes above 8 MiB (gateway/links.py) and would then
+# fail the whole reactor over one packet. Four times the inbound frame limit (DESIGN §3)
+# leaves room for df:load of a few MiB.
+MAX_RESULT_BYTES = 4 * MAX_FRAME_BYTES
+# uvloop's timers tick in milliseconds: a deadline this close counts as reached, so the
+# deadline timer never re-arms itself for a fraction of a millisecond.
+TIMER_SLACK_S = 0.002
+# Past the grace period, how long cancelled handlers get to unwind before their packets
+# are answered PF503 regardless (a handler may swallow its cancellation).
+CANCEL_WAIT_S = 1.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -93,13 +122,83 @@ class Job:
     received: float  # time.monotonic()
     deadline: float
     entry: QueueEntry[Job] | None = None
-    expiry: asyncio.TimerHandle | None = None
+    expiry: asyncio.TimerHandle | None = None  # while queued
     task: asyncio.Task[None] | None = None
+    done: bool = False  # answered: any later outcome is dropped (exactly one reply)
 
 
 # An outcome kept in the idempotency window: the payload to answer again.
 Outcome = ResultPayload | ErrorPayload
 Waiter = tuple[Submit, Peer]
+
+
+class _DaemonThreads(Executor):
+    """Runs sync handlers on up to ``workers`` daemon threads.
+
+    ``ThreadPoolExecutor`` joins its threads at interpreter exit, and a thread cannot be
+    cancelled: one handler stuck past its timeout would keep a reactor that was told to
+    stop alive for ever. Daemon threads end with the process instead.
+    """
+
+    def __init__(self, workers: int, prefix: str) -> None:
+        self._workers = workers
+        self._prefix = prefix
+        self._items: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads: list[threading.Thread] = []
+        self._idle = threading.Semaphore(0)
+        self._shutdown = False
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new work after shutdown")
+        future: Future[T] = Future()
+        self._items.put((future, lambda: fn(*args, **kwargs)))
+        # A new thread only when none is idle, as ThreadPoolExecutor does.
+        if not self._idle.acquire(blocking=False) and len(self._threads) < self._workers:
+            thread = threading.Thread(target=self._work, daemon=True,
+                                      name=f"{self._prefix}_{len(self._threads)}")  # fmt: skip
+            thread.start()
+            self._threads.append(thread)
+        return future
+
+    def _work(self) -> None:
+        while (item := self._items.get()) is not None:
+            future, call = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = call()
+                except BaseException as exc:  # the awaiting task turns it into PF005
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del item, future, call  # keep no reference to finished work while idle
+            self._idle.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shutdown = True
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._items.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+        for _ in self._threads:
+            self._items.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
+def _process_context() -> Any:
+    # fork copies a process that runs element threads, aiohttp's resolver and zeroconf;
+    # a lock held by one of them at that moment stays held in the child for ever. The
+    # forkserver forks from a clean single-threaded process instead.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else None)
 
 
 class ReactorRuntime:
@@ -115,14 +214,25 @@ class ReactorRuntime:
         self.molecules_seen = 0
         self.on_shutdown: Callable[[float], None] | None = None
         self.on_restart: Callable[[], None] | None = None
-        self._threads = ThreadPoolExecutor(config.thread_workers, thread_name_prefix="pf-elem")
+        self._threads = _DaemonThreads(config.thread_workers, "pf-elem")
         self._processes: ProcessPoolExecutor | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # The deadline timer: armed at the earliest deadline of a running packet.
+        self._sweep_at = math.inf
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        # Per served group:element (so bounded by the registry): the default priority and
+        # timeout, and the handler's logger, computed once rather than per packet.
+        self._defaults: dict[tuple[str, str], tuple[int, int]] = {}
+        self._loggers: dict[tuple[str, str], logging.Logger] = {}
         self.reactor_info_brief = {
             "reactor_id": config.reactor_id,
             "implementation": config.implementation,
         }
+        self._reactor_info = {**self.reactor_info_brief,
+                              "specialization": list(config.specializations)}  # fmt: skip
+        self.stats.bind(queue_depth=lambda: len(self.queue), in_flight=lambda: len(self.running))
 
     # ------------------------------------------------------------------ admission
 
@@ -132,7 +242,7 @@ class ReactorRuntime:
 
     @property
     def load_factor(self) -> float:
-        return min(1.0, self.in_flight / max(1, self.config.max_concurrent_packets))
+        return min(1.0, len(self.running) / max(1, self.config.max_concurrent_packets))
 
     def submit(self, msg: Submit, peer: Peer) -> None:
         """Admit one SUBMIT from ``peer``; every path ends in exactly one reply."""
@@ -141,7 +251,7 @@ class ReactorRuntime:
         now = time.monotonic()
         seen = self.window.lookup(packet_id, now)
         if seen is not None:
-            if seen.outcome is None:
+            if seen.outcome is None:  # running: join it, answered when it finishes
                 seen.waiters.append((msg, peer))
             else:
                 self._reply(msg, peer, seen.outcome)
@@ -153,14 +263,12 @@ class ReactorRuntime:
             self._reply(msg, peer, self._error_payload(err, packet_id))
             return
         self.window.begin(packet_id, now)
-        if self.in_flight < self.config.max_concurrent_packets:
+        if len(self.running) < self.config.max_concurrent_packets:
             self._start(job)
         else:
             job.entry = self.queue.push(job, job.priority)
-            job.expiry = asyncio.get_running_loop().call_at(
-                _loop_time(job.deadline), self._expire_queued, job
-            )
-            self.stats.m_queue.set(len(self.queue))
+            loop = self._bind_loop()
+            job.expiry = loop.call_at(_loop_time(loop, job.deadline), self._expire_queued, job)
 
     def _admit(self, msg: Submit, peer: Peer, packet_id: str, now: float) -> Job:
         packet = msg.payload.packet
@@ -169,17 +277,16 @@ class ReactorRuntime:
                 f"Reactor {self.config.reactor_id} is shutting down",
                 retry_delay_ms=OVERLOAD_RETRY_DELAY_MS, details={"reason": "draining"},
             )  # fmt: skip
-        spec = self.registry.get(packet.group, packet.element)
+        group, element = packet.group, packet.element
+        spec = self.registry.get(group, element)
         if spec is None:
             raise NoReactorAvailable(
-                f"Reactor {self.config.reactor_id} does not serve "
-                f"{packet.group}:{packet.element}",
+                f"Reactor {self.config.reactor_id} does not serve {group}:{element}",
                 field="payload.packet.element",
-                context={"requested_group": packet.group,
-                         "requested_element": packet.element},
+                context={"requested_group": group, "requested_element": element},
             )  # fmt: skip
         if (
-            self.in_flight >= self.config.max_concurrent_packets
+            len(self.running) >= self.config.max_concurrent_packets
             and len(self.queue) >= self.queue.capacity
         ):
             raise Overloaded(
@@ -188,73 +295,109 @@ class ReactorRuntime:
                 retry_delay_ms=OVERLOAD_RETRY_DELAY_MS,
                 context={"in_flight": self.in_flight, "queue_depth": len(self.queue)},
             )  # fmt: skip
-        priority = packet.priority or msg.priority or default_priority(packet.group, packet.element)
-        timeout_ms = effective_timeout_ms(packet.group, packet.element, packet.timeout_ms, msg.ttl)
+        key = (group, element)
+        defaults = self._defaults.get(key)
+        if defaults is None:
+            defaults = (default_priority(group, element),
+                        effective_timeout_ms(group, element, None, None))  # fmt: skip
+            self._defaults[key] = defaults
+        priority = packet.priority or msg.priority or defaults[0]
+        if packet.timeout_ms is None and msg.ttl is None:
+            timeout_ms = defaults[1]
+        else:  # DESIGN §4: requested or default, capped by Appendix C and the TTL left
+            timeout_ms = effective_timeout_ms(group, element, packet.timeout_ms, msg.ttl)
         return Job(msg, peer, spec, packet_id, priority, now, now + timeout_ms / 1000.0)
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def _expire_queued(self, job: Job) -> None:
         if job.entry is not None and self.queue.remove(job.entry):
-            self.stats.m_queue.set(len(self.queue))
             err = ProcessingFailed(
                 f"Packet {job.packet_id} timed out after waiting in the queue",
                 details={"reason": "timeout", "stage": "queued"}, retryable=True,
             )  # fmt: skip
+            self.stats.record_error(err.code)
             self._finish(job, self._error_payload(err, job.packet_id), err.code, err.retryable)
 
     def _start(self, job: Job) -> None:
         if job.expiry is not None:
             job.expiry.cancel()
+            job.expiry = None
         self.running.add(job)
         self._idle.clear()
-        self.stats.m_in_flight.set(len(self.running))
-        job.task = asyncio.get_running_loop().create_task(self._run(job))
+        job.task = self._bind_loop().create_task(self._run(job))
+        if job.deadline < self._sweep_at:
+            self._arm(job.deadline)
 
     def _start_next(self) -> None:
-        while self.in_flight < self.config.max_concurrent_packets:
+        while len(self.running) < self.config.max_concurrent_packets:
             job = self.queue.pop()
             if job is None:
                 break
             self._start(job)
-        self.stats.m_queue.set(len(self.queue))
+
+    # ------------------------------------------------------------------ deadlines
+
+    def _arm(self, deadline: float) -> None:
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        loop = self._bind_loop()
+        self._sweep_at = deadline
+        self._sweep_timer = loop.call_at(_loop_time(loop, deadline), self._sweep)
+
+    def _sweep(self) -> None:
+        """Answer every running packet past its deadline PF005 "timeout" and cancel its
+        handler (DESIGN §10), then re-arm for the next deadline."""
+        self._sweep_timer = None
+        self._sweep_at = -math.inf  # packets started below must not re-arm mid-sweep
+        limit = time.monotonic() + TIMER_SLACK_S
+        for job in [j for j in self.running if j.deadline <= limit]:
+            self._time_out(job)
+        self._sweep_at = math.inf
+        if self.running:
+            self._arm(min(j.deadline for j in self.running))
+
+    def _time_out(self, job: Job) -> None:
+        spec = job.spec
+        err = ProcessingFailed(
+            f"{spec.key} did not finish within its timeout",
+            details={"reason": "timeout",
+                     "timeout_ms": round((job.deadline - job.received) * 1000)},
+            retryable=True,
+        )  # fmt: skip
+        self._fail(job, err, (time.monotonic() - job.received) * 1000.0)
+        if job.task is not None:
+            job.task.cancel()
 
     # ------------------------------------------------------------------ running
 
     async def _run(self, job: Job) -> None:
         spec = job.spec
-        packet = job.msg.payload.packet
         started = time.perf_counter()
-        code: str | None = None
-        retryable = False
-        outcome: Outcome
         try:
-            data = decode_json(packet.data)
+            data = decode_json(job.msg.payload.packet.data)
             ctx = self._context(job)
-            result = await self._call(spec, data, ctx, job.deadline)
-            if not isinstance(result, dict):
-                result = {"result": result}
-            duration_ms = (time.perf_counter() - started) * 1000.0
-            result["processing_stats"] = {"duration_ms": round(duration_ms, 3)}
-            try:
-                body = encode_json(result)
-            except (TypeError, msgspec.EncodeError, OverflowError) as exc:
-                raise ProcessingFailed(
-                    f"{spec.key} returned a value that is not JSON-serializable: {exc}",
-                    details={"reason": "result_not_serializable",
-                             "exception_type": type(exc).__name__},
-                    retryable=False,
-                ) from None  # fmt: skip
-            outcome = self._result_payload(job, Raw(body))
-        except PacketFlowError as err:
-            code, retryable = err.code, err.retryable
-            outcome = self._error_payload(err, job.packet_id)
+            if spec.is_async:
+                result = await spec.handler(data, ctx)
+            else:
+                result = await self._call_sync(spec, data, ctx)
         except asyncio.CancelledError:
+            if job.done:  # timed out: _time_out answered it and cancelled the handler
+                return
             cancelled = ServiceUnavailable(
                 f"Packet {job.packet_id} was cancelled: reactor shutting down",
                 details={"reason": "cancelled"},
             )
-            self._finish(job, self._error_payload(cancelled, job.packet_id), cancelled.code, True)
+            self._fail(job, cancelled, (time.perf_counter() - started) * 1000.0)
             raise
-        except Exception as exc:  # a handler bug must never take the reactor down
+        except PacketFlowError as err:
+            self._fail(job, err, (time.perf_counter() - started) * 1000.0)
+            return
+        except BaseException as exc:  # a handler bug (even sys.exit) never takes us down
             log.warning("handler %s raised for packet %s: %r", spec.key, job.packet_id, exc,
                         exc_info=self.config.debug)  # fmt: skip
             failure = ProcessingFailed(
@@ -262,61 +405,91 @@ class ReactorRuntime:
                 details={"reason": "handler_exception", "exception_type": type(exc).__name__,
                          "exception_message": str(exc)},
             )  # fmt: skip
-            code, retryable = failure.code, failure.retryable
-            outcome = self._error_payload(failure, job.packet_id)
-        self.stats.record(packet.group, packet.element,
-                          (time.perf_counter() - started) * 1000.0, code)  # fmt: skip
-        self._finish(job, outcome, code, retryable)
-
-    async def _call(self, spec: ElementSpec, data: Any, ctx: Context, deadline: float) -> Any:
-        remaining = deadline - time.monotonic()
+            self._fail(job, failure, (time.perf_counter() - started) * 1000.0)
+            return
+        if job.done:  # its deadline passed while a handler that ignored cancellation ran on
+            return
+        duration_ms = (time.perf_counter() - started) * 1000.0
+        if not isinstance(result, dict):
+            result = {"result": result}
+        elif "processing_stats" in result:  # ours replaces a handler's own
+            result = {k: v for k, v in result.items() if k != "processing_stats"}
         try:
-            async with asyncio.timeout(remaining) as scope:
-                if spec.is_async:
-                    return await spec.handler(data, ctx)
-                loop = asyncio.get_running_loop()
-                if spec.cpu_bound:
-                    ctx.gateway = ctx.runtime = None  # what crosses into a process pickles
-                    return await loop.run_in_executor(self._process_pool(), spec.handler,
-                                                      data, ctx)  # fmt: skip
-                return await loop.run_in_executor(self._threads, spec.handler, data, ctx)
-        except TimeoutError:
-            if scope.expired():
-                raise ProcessingFailed(
-                    f"{spec.key} did not finish within its timeout",
-                    details={"reason": "timeout",
-                             "timeout_ms": round((deadline - ctx.received) * 1000)},
-                    retryable=True,
-                ) from None  # fmt: skip
-            raise
+            # A new dict, so the handler's own (maybe shared) value is never modified, with
+            # processing_stats last: the gateway's relay cuts it off the end of the bytes.
+            stats = {"duration_ms": round(duration_ms, 3)}
+            body = encode_json({**result, "processing_stats": stats})
+        except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
+            self._fail(job, ProcessingFailed(
+                f"{spec.key} returned a value that is not JSON-serializable: {exc}",
+                details={"reason": "result_not_serializable",
+                         "exception_type": type(exc).__name__},
+                retryable=False,
+            ), duration_ms)  # fmt: skip
+            return
+        if len(body) > MAX_RESULT_BYTES:
+            self._fail(job, ProcessingFailed(
+                f"{spec.key} returned {len(body)} bytes; results are limited to "
+                f"{MAX_RESULT_BYTES} bytes",
+                details={"reason": "result_too_large", "bytes": len(body),
+                         "limit_bytes": MAX_RESULT_BYTES},
+                retryable=False,
+            ), duration_ms)  # fmt: skip
+            return
+        self.stats.record(spec.group, spec.element, duration_ms, None)
+        self._finish(job, self._result_payload(job, Raw(body)), None, False)
+
+    async def _call_sync(self, spec: ElementSpec, data: Any, ctx: Context) -> Any:
+        loop = self._bind_loop()
+        if spec.cpu_bound:
+            ctx.gateway = ctx.runtime = None  # what crosses into a process must pickle
+            return await loop.run_in_executor(self._process_pool(), spec.handler, data, ctx)
+        result = await loop.run_in_executor(self._threads, spec.handler, data, ctx)
+        if inspect.isawaitable(result):  # a plain callable that returned a coroutine
+            result = await result
+        return result
 
     def _process_pool(self) -> ProcessPoolExecutor:
         if self._processes is None:
-            self._processes = ProcessPoolExecutor(self.config.process_workers)
+            self._processes = ProcessPoolExecutor(self.config.process_workers,
+                                                  mp_context=_process_context())  # fmt: skip
         return self._processes
 
     def _context(self, job: Job) -> Context:
         packet = job.msg.payload.packet
-        meta = packet.metadata or {}
-        inputs = meta.get("inputs") if isinstance(meta.get("inputs"), dict) else {}
+        key = (packet.group, packet.element)
+        logger = self._loggers.get(key)
+        if logger is None:
+            logger = self._loggers[key] = log.getChild(f"{packet.group}.{packet.element}")
+        meta = packet.metadata
+        inputs = meta.get("inputs") if meta else None
         return Context(
             packet_id=job.packet_id,
             group=packet.group,
             element=packet.element,
             priority=job.priority,
             deadline=job.deadline,
-            logger=log.getChild(f"{packet.group}.{packet.element}"),
+            logger=logger,
             data_dir=self.config.data_dir,
-            inputs=inputs or {},
-            metadata=meta,
+            inputs=inputs if isinstance(inputs, dict) else {},
+            metadata=meta if meta is not None else {},
             gateway=self.gateway,
             runtime=self,
             received=job.received,
         )
 
+    def _fail(self, job: Job, err: PacketFlowError, duration_ms: float) -> None:
+        if job.done:
+            return
+        spec = job.spec
+        self.stats.record(spec.group, spec.element, duration_ms, err.code)
+        self._finish(job, self._error_payload(err, job.packet_id), err.code, err.retryable)
+
     def _finish(self, job: Job, outcome: Outcome, code: str | None, retryable: bool) -> None:
+        if job.done:
+            return
+        job.done = True
         self.running.discard(job)
-        self.stats.m_in_flight.set(len(self.running))
         # Success and non-retryable failures are answered again on a repeat; a retryable
         # failure is forgotten so the packet may run anew (DESIGN §4).
         replayable = code is None or not retryable
@@ -325,27 +498,26 @@ class ReactorRuntime:
         self._reply(job.msg, job.peer, outcome)
         for msg, peer in waiters:
             self._reply(msg, peer, outcome)
-        self._start_next()
+        if len(self.queue):
+            self._start_next()
         if not self.running and not len(self.queue):
             self._idle.set()
 
     # ------------------------------------------------------------------ replies
 
     def _result_payload(self, job: Job, body: Raw) -> ResultPayload:
-        hints = job.msg.routing_hints or {}
+        hints = job.msg.routing_hints
         return ResultPayload(
             packet_id=job.packet_id,
             status="success",
             data=body,
             reactor_info={
-                "reactor_id": self.config.reactor_id,
-                "implementation": self.config.implementation,
-                "specialization": list(self.config.specializations),
+                **self._reactor_info,
                 "load_factor": round(self.load_factor, 4),
                 "queue_depth": len(self.queue),
             },
             chemical_analysis={
-                "affinity_score": hints.get("affinity_score"),
+                "affinity_score": hints.get("affinity_score") if hints else None,
                 "optimization_applied": False,
             },
             processed_at=now_ms(),
@@ -389,32 +561,55 @@ class ReactorRuntime:
         self.draining = True
 
     async def drain(self, grace_s: float) -> bool:
-        """Stop admitting, let in-flight and queued work finish within ``grace_s``.
+        """Stop admitting (PF503), let running and queued work finish within ``grace_s``.
 
-        Returns True when everything finished; otherwise the rest is cancelled (each
-        cancelled packet still gets its PF503).
+        Returns True when everything finished. Otherwise what is still queued is answered
+        PF503 and what runs is cancelled and answered PF503 "cancelled": every accepted
+        packet still gets exactly one reply before this returns.
         """
         self.begin_drain()
         try:
             await asyncio.wait_for(self._idle.wait(), grace_s)
             return True
         except TimeoutError:
-            for job in list(self.running):
-                if job.task is not None:
-                    job.task.cancel()
-            while (queued := self.queue.pop()) is not None:
-                err = ServiceUnavailable("Reactor shut down before the packet ran")
-                self._finish(queued, self._error_payload(err, queued.packet_id), err.code, True)
-            await asyncio.sleep(0)
-            return False
+            pass
+        # The queue first: finishing a cancelled packet would otherwise start a queued one.
+        while (queued := self.queue.pop()) is not None:
+            if queued.expiry is not None:
+                queued.expiry.cancel()
+            err = ServiceUnavailable("Reactor shut down before the packet ran",
+                                     details={"reason": "shutdown"})  # fmt: skip
+            self.stats.record_error(err.code)
+            self._finish(queued, self._error_payload(err, queued.packet_id), err.code, True)
+        tasks = [job.task for job in self.running if job.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CANCEL_WAIT_S)
+        for job in list(self.running):  # handlers that swallowed their cancellation
+            self._fail(job, ServiceUnavailable(
+                f"Packet {job.packet_id} was cancelled: reactor shutting down",
+                details={"reason": "cancelled"},
+            ), (time.monotonic() - job.received) * 1000.0)  # fmt: skip
+        return False
 
     def clear_caches(self) -> None:
         self.window = IdempotencyWindow()
 
     def close(self) -> None:
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
         self._threads.shutdown(wait=False, cancel_futures=True)
-        if self._processes is not None:
-            self._processes.shutdown(wait=False, cancel_futures=True)
+        pool, self._processes = self._processes, None
+        if pool is not None:
+            # shutdown(wait=False) still leaves interpreter exit waiting for a worker stuck
+            # in a handler; end the workers outright (Python 3.14 has terminate_workers()).
+            workers = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for worker in workers:
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    worker.terminate()
 
     # ------------------------------------------------------------------ reports
 
@@ -437,7 +632,8 @@ class ReactorRuntime:
         st = self.stats
         res = st.resources()
         avg, p99 = st.latency_summary()
-        depths: dict[str, int] = {}
+        # §8.3 reports every group, idle ones as 0, so a gateway need not guess.
+        depths = dict.fromkeys(GROUPS, 0)
         for job in self.queue:
             group = job.msg.payload.packet.group
             depths[group] = depths.get(group, 0) + 1
@@ -462,13 +658,14 @@ class ReactorRuntime:
                 "p99_processing_time_ms": round(p99, 3),
                 "error_rate": round(st.error_rate(), 5),
                 "throughput_pps": round(st.throughput(), 3),
+                "errors_by_code": dict(st.errors_by_code),
             },
             "chemical_metrics": self.chemical_health(),
             "capabilities": self.capabilities(),
             "load_metrics": {
                 "current_load_factor": round(self.load_factor, 4),
                 "queue_depths": depths,
-                "processing_rates_pps": st.group_rates(),
+                "processing_rates_pps": dict.fromkeys(GROUPS, 0.0) | st.group_rates(),
                 "resource_utilization": {
                     "cpu_percent": res["cpu_usage_percent"],
                     "memory_percent": res["memory_usage_percent"],
@@ -537,9 +734,8 @@ class ReactorRuntime:
         return sum(s.total_ms for s in done) / count if count else 0.0
 
 
-def _loop_time(monotonic_deadline: float) -> float:
-    """Translate a time.monotonic() deadline into the running loop's clock."""
-    loop = asyncio.get_running_loop()
+def _loop_time(loop: asyncio.AbstractEventLoop, monotonic_deadline: float) -> float:
+    """Translate a time.monotonic() deadline into the loop's clock."""
     return loop.time() + (monotonic_deadline - time.monotonic())
 
 

@@ -278,8 +278,8 @@ class Reactor:
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=SOCKET_MAX_MSG, decode_text=False,
                                    compress=True, heartbeat=None)  # fmt: skip
-        await ws.prepare(request)
-        peer = Peer(ws, f"reactor<-{request.remote}")
+        stream = await ws.prepare(request)
+        peer = Peer(ws, f"reactor<-{request.remote}", stream)
         peer.remote_id = request.query.get("source_id")
         self._peers.add(peer)
         if request.query.get("role") == "gateway":

@@ -1,19 +1,34 @@
 """Real measurements a reactor reports: per-element latency and outcomes, rates, resources.
 
 Feeds cf:health, HEARTBEAT (§4.2.4, §8.3), the announce's avg_processing_time_ms (§8.2)
-and the Prometheus ``/metrics`` page. Every table here is bounded.
+and the Prometheus ``/metrics`` page. Every table here is bounded: per-element tables by
+the registry (only served elements are recorded), per-code tables by the §10.1 catalogue.
+
+How ``/metrics`` works: the hot path only bumps plain counters here (one event loop, no
+locks); a Prometheus collector turns them into metric families when ``/metrics`` is
+scraped. prometheus_client's own metric objects take a lock and a label lookup on every
+update, which cost more than the rest of a cf:ping.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from bisect import bisect_left
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 # Durations kept per element for percentiles; a ring, so memory is fixed.
 LATENCY_SAMPLES = 1024
@@ -21,6 +36,9 @@ LATENCY_SAMPLES = 1024
 RATE_WINDOW_S = 300.0
 # Buckets of (second, count) kept for rates: one per second over the window.
 _BUCKETS = int(RATE_WINDOW_S)
+# Histogram bucket bounds in seconds: 0.5 ms (a cf:ping) up to a minute (§5.2 timeouts).
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                     2.5, 5.0, 10.0, 30.0, 60.0)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -29,6 +47,8 @@ class ElementStats:
     errors: int = 0
     total_ms: float = 0.0
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    # Counts per LATENCY_BUCKETS_S bucket, not cumulative; the last is +Inf.
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
 
     @property
     def avg_ms(self) -> float:
@@ -45,14 +65,17 @@ class _Rate:
 
     def add(self, now: float, n: int = 1) -> None:
         sec = int(now)
-        if self._buckets and self._buckets[-1][0] == sec:
-            self._buckets[-1][1] += n
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == sec:
+            buckets[-1][1] += n
         else:
-            self._buckets.append([sec, n])
+            buckets.append([sec, n])
 
     def count(self, now: float, window_s: float) -> int:
-        cutoff = now - window_s
-        return sum(n for sec, n in self._buckets if sec >= cutoff)
+        # Bucket ``sec`` holds [sec, sec + 1): it counts if any of it is inside the window,
+        # so what happened in the last fraction of a second is never left out.
+        cutoff = now - window_s - 1.0
+        return sum(n for sec, n in self._buckets if sec > cutoff)
 
     def per_second(self, now: float, window_s: float = 60.0) -> float:
         return self.count(now, window_s) / window_s
@@ -66,37 +89,34 @@ def _percentile(values: list[float], q: float) -> float:
     return values[index]
 
 
+def _zero() -> int:
+    return 0
+
+
 class ReactorStats:
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.elements: dict[str, ElementStats] = {}
         self.errors_by_code: dict[str, int] = {}
         self.last_error: str | None = None
+        self.processed = 0
         self._done = _Rate()
         self._failed = _Rate()
         self._group_done: dict[str, _Rate] = {}
+        # Live values read at scrape time (bound by the runtime that owns the queue).
+        self.queue_depth: Callable[[], int] = _zero
+        self.in_flight: Callable[[], int] = _zero
         self._process = psutil.Process(os.getpid())
         self._process.cpu_percent(None)  # prime: the first call always answers 0.0
         self.registry = CollectorRegistry()
-        self.m_processed = Counter(
-            "packetflow_packets_processed", "Packets finished by this reactor",
-            ["group", "element", "status"], registry=self.registry,
-        )  # fmt: skip
-        self.m_errors = Counter(
-            "packetflow_errors", "ERRORs answered, by PF code", ["code"], registry=self.registry
-        )
-        self.m_latency = Histogram(
-            "packetflow_packet_latency_seconds", "Handler latency by group:element",
-            ["element"], registry=self.registry,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
-                     5, 10, 30, 60),
-        )  # fmt: skip
-        self.m_queue = Gauge("packetflow_queue_depth", "Packets waiting", registry=self.registry)
-        self.m_in_flight = Gauge(
-            "packetflow_in_flight", "Packets being processed", registry=self.registry
-        )
+        self.registry.register(_StatsCollector(self))
+
+    def bind(self, *, queue_depth: Callable[[], int], in_flight: Callable[[], int]) -> None:
+        self.queue_depth = queue_depth
+        self.in_flight = in_flight
 
     def record(self, group: str, element: str, duration_ms: float, error_code: str | None) -> None:
+        """One packet finished (a handler's result or its error)."""
         now = time.monotonic()
         key = f"{group}:{element}"
         st = self.elements.get(key)
@@ -105,31 +125,24 @@ class ReactorStats:
         st.processed += 1
         st.total_ms += duration_ms
         st.recent.append(duration_ms)
+        st.buckets[bisect_left(LATENCY_BUCKETS_S, duration_ms / 1000.0)] += 1
+        self.processed += 1
         self._done.add(now)
         rate = self._group_done.get(group)
         if rate is None:
             rate = self._group_done[group] = _Rate()
         rate.add(now)
-        status = "success"
         if error_code is not None:
             st.errors += 1
-            status = "error"
             self._failed.add(now)
             self.record_error(error_code)
-        self.m_processed.labels(group, element, status).inc()
-        self.m_latency.labels(key).observe(duration_ms / 1000.0)
 
     def record_error(self, code: str, message: str | None = None) -> None:
         self.errors_by_code[code] = self.errors_by_code.get(code, 0) + 1
-        self.m_errors.labels(code).inc()
         if message:
             self.last_error = message
 
     # ---- derived figures
-
-    @property
-    def processed(self) -> int:
-        return sum(s.processed for s in self.elements.values())
 
     def uptime_s(self) -> float:
         return time.monotonic() - self.started
@@ -153,6 +166,7 @@ class ReactorStats:
         return {g: round(r.per_second(now, window), 3) for g, r in self._group_done.items()}
 
     def resources(self) -> dict[str, Any]:
+        """Process and host figures from psutil: for reports, never per packet."""
         proc = self._process
         with proc.oneshot():
             mem = proc.memory_info().rss
@@ -176,3 +190,46 @@ class ReactorStats:
             "open_file_descriptors": fds,
             "network_connections": conns,
         }
+
+
+class _StatsCollector(Collector):
+    """The ``/metrics`` families, built from ReactorStats when scraped."""
+
+    def __init__(self, stats: ReactorStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        st = self._stats
+        processed = CounterMetricFamily(
+            "packetflow_packets_processed", "Packets finished by this reactor",
+            labels=["group", "element", "status"],
+        )  # fmt: skip
+        latency = HistogramMetricFamily(
+            "packetflow_packet_latency_seconds", "Handler latency by group:element",
+            labels=["element"],
+        )  # fmt: skip
+        for key, el in list(st.elements.items()):
+            group, _, element = key.partition(":")
+            processed.add_metric([group, element, "success"], el.processed - el.errors)
+            if el.errors:
+                processed.add_metric([group, element, "error"], el.errors)
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS_S, float("inf")), el.buckets, strict=True):
+                cumulative += count
+                buckets.append((_le(bound), cumulative))
+            latency.add_metric([key], buckets, el.total_ms / 1000.0)
+        errors = CounterMetricFamily("packetflow_errors", "ERRORs answered, by PF code",
+                                     labels=["code"])  # fmt: skip
+        for code, count in sorted(st.errors_by_code.items()):
+            errors.add_metric([code], count)
+        yield processed
+        yield errors
+        yield latency
+        yield GaugeMetricFamily("packetflow_queue_depth", "Packets waiting",
+                                value=st.queue_depth())  # fmt: skip
+        yield GaugeMetricFamily("packetflow_in_flight", "Packets being processed",
+                                value=st.in_flight())  # fmt: skip
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))

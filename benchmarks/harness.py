@@ -1,0 +1,108 @@
+"""What every benchmark shares: starting processes, measuring runs, shaping result rows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from packetflow.cluster import read_ready, spawn, stop_all
+from packetflow.runner import event_loop_factory
+
+PING_TEMPLATE = (
+    b'{"protocol_version":"1.0","message_type":"submit","message_id":"msg_bench_%d",'
+    b'"timestamp":1640995200000,"source_id":"bench-client","payload":{"packet":'
+    b'{"id":"packet_bench_%d","group":"cf","element":"ping","data":{"echo_data":"x"}}}}'
+)
+_serial = 0
+
+
+def ping_frame(i: int) -> bytes:
+    """A cf:ping SUBMIT with ids unique across the whole benchmark process (a repeated
+    packet id would be answered from the idempotency window, not run)."""
+    global _serial
+    _serial += 1
+    return PING_TEMPLATE % (_serial, _serial)
+
+
+class Procs:
+    """Processes started for one measurement, stopped when the block ends."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Procs:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        stop_all(list(reversed(self.procs)), 5)
+
+    def start(self, args: list[str], module: str = "packetflow") -> str:
+        if module == "packetflow":
+            proc = spawn(["--log-level", "WARNING", *args], new_session=False)
+        else:
+            proc = subprocess.Popen([sys.executable, "-m", module, *args],
+                                    stdout=subprocess.PIPE)  # fmt: skip
+        self.procs.append(proc)
+        ready = read_ready(proc, 20)
+        if ready is None:
+            raise RuntimeError(f"{module} {args} did not start")
+        return str(ready["url"])
+
+
+def start_baselines(procs: Procs) -> tuple[str, str]:
+    """The bare echo server and the bare relay in front of it: (echo_url, relay_url)."""
+    echo_url = procs.start(["echo"], "benchmarks.baselines")
+    relay_url = procs.start(["relay", echo_url], "benchmarks.baselines")
+    return echo_url, relay_url
+
+
+def wait_linked(gateway_url: str, n: int, timeout: float = 20.0) -> None:
+    base = gateway_url.replace("ws://", "http://").removesuffix("/ws")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{base}/health", timeout=2) as resp:
+            if json.load(resp)["healthy_reactors"] >= n:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{n} reactors did not link to {gateway_url}")
+
+
+def start_cluster(procs: Procs, reactors: int = 1, *extra: str) -> str:
+    """A gateway and ``reactors`` cpu_intensive reactors; the gateway's ws:// URL."""
+    gw_url = procs.start(["gateway", "--port", "0"])
+    for _ in range(reactors):
+        procs.start(["reactor", "--port", "0", "--gateway", gw_url, "--specialization",
+                     "cpu_intensive", "--max-concurrent", "256", *extra])  # fmt: skip
+    wait_linked(gw_url, reactors)
+    return gw_url
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "runs": len(values)}  # fmt: skip
+
+
+def measure(fn: Callable[[], Awaitable[float]], runs: int) -> dict[str, float]:
+    """Run ``fn`` ``runs`` times, each on a fresh uvloop; median, min, max."""
+    values = []
+    for _ in range(runs):
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            values.append(runner.run(fn()))
+    return stats(values)
+
+
+def rate_row(figure: str, value: dict[str, float], baseline: dict[str, float],
+             baseline_name: str = "bare aiohttp relay",
+             goal: str | None = None) -> dict[str, Any]:  # fmt: skip
+    return {"figure": figure, "value": value, "baseline_name": baseline_name,
+            "baseline": baseline, "ratio": value["median"] / baseline["median"],
+            "goal": goal}  # fmt: skip
