@@ -30,6 +30,10 @@ Socket: TypeAlias = "web.WebSocketResponse[Any] | ClientWebSocketResponse[Any]"
 # Above this many queued bytes the writer stops batching and lets the socket drain.
 OUTBOX_HIGH_WATER = 4 * 1024 * 1024
 
+# §12.4.2 batching: at most this many envelopes, and well under DESIGN §3's 1 MiB frame.
+MAX_BATCH = 50
+BATCH_BYTES = 512 * 1024
+
 # RFC 6455 §5.2 headers of an unmasked, final text frame by payload length.
 _FIN_TEXT = 0x80 | WSMsgType.TEXT
 _HEADER_7 = struct.Struct("!BB")
@@ -75,6 +79,7 @@ class Peer:
         "_closed",
         "_drained",
         "_outbox",
+        "_batch",
         "_stream",
         "_wakeup",
         "_writer",
@@ -85,12 +90,22 @@ class Peer:
         "ws",
     )
 
-    def __init__(self, ws: Socket, name: str, stream: AbstractStreamWriter | None = None) -> None:
+    def __init__(
+        self,
+        ws: Socket,
+        name: str,
+        stream: AbstractStreamWriter | None = None,
+        *,
+        batch: bool = False,
+    ) -> None:
         """``stream`` is what ``WebSocketResponse.prepare()`` returned, on the server side:
         with it, and without permessage-deflate, bursts of frames go out in one write
         (server frames are unmasked, so they need no per-frame work from aiohttp)."""
         self.ws = ws
         self._stream = stream if stream is not None and not ws.compress else None
+        # §12.4.2: frames queued together leave as one array frame (client side, where
+        # aiohttp must mask each frame itself); only for peers known to take batches.
+        self._batch = batch
         self.name = name
         self.seq = 0
         self.remote_id: str | None = None
@@ -126,7 +141,9 @@ class Peer:
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 while outbox:
-                    if stream is None:
+                    if stream is None and self._batch and len(outbox) > 1:
+                        await ws.send_frame(self._take_batch(), WSMsgType.TEXT)
+                    elif stream is None:
                         await ws.send_frame(outbox.popleft(), WSMsgType.TEXT)
                     else:
                         self._write_burst(stream)
@@ -138,6 +155,19 @@ class Peer:
         finally:
             self._closed = True
             self._drained.set()
+
+    def _take_batch(self) -> bytes:
+        """Up to MAX_BATCH queued envelopes as one JSON array, within the frame limit."""
+        outbox = self._outbox
+        parts = [outbox.popleft()]
+        size = len(parts[0])
+        while outbox and len(parts) < MAX_BATCH and size + len(outbox[0]) < BATCH_BYTES:
+            frame = outbox.popleft()
+            parts.append(frame)
+            size += len(frame) + 1
+        if len(parts) == 1:
+            return parts[0]
+        return b"[" + b",".join(parts) + b"]"
 
     def _write_burst(self, stream: AbstractStreamWriter) -> None:
         """Frame what is queued (up to OUTBOX_HIGH_WATER bytes) and write it at once."""

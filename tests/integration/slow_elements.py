@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from packetflow.protocol.errors import ProcessingFailed
 from packetflow.reactor.context import Context
 from packetflow.reactor.server import Reactor
 
@@ -71,7 +72,9 @@ def register(reactor: Reactor) -> None:
         """Raise (PF005, retryable) on the first ``fail_times`` attempts, then succeed."""
         attempts = _attempt(ctx)
         if len(attempts) <= int(data.get("fail_times", 1)):
-            raise RuntimeError(f"flaky failure on attempt {len(attempts)}")
+            # A transient failure: the handler says it is worth retrying elsewhere.
+            raise ProcessingFailed(f"flaky failure on attempt {len(attempts)}",
+                                   retryable=True)  # fmt: skip
         return {"result": "ok", "attempts_by": attempts}
 
     @reactor.element("df", "echo_inputs")

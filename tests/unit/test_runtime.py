@@ -17,7 +17,7 @@ import msgspec
 import pytest
 from prometheus_client import generate_latest
 
-from packetflow.protocol.errors import invalid_field
+from packetflow.protocol.errors import ProcessingFailed, invalid_field
 from packetflow.protocol.messages import Submit, decode_one
 from packetflow.reactor.context import Context
 from packetflow.reactor.elements import load_standard
@@ -354,6 +354,8 @@ async def test_handler_exception_answers_pf005_with_type_and_message_no_tracebac
     assert err["error_details"]["exception_type"] == "ValueError"
     assert err["error_details"]["exception_message"] == "the widget is bent"
     assert "ValueError: the widget is bent" in err["error_message"]
+    # Same data elsewhere would raise again: not retried unless the handler says so.
+    assert err["retry_possible"] is False
     assert "Traceback" not in json.dumps(reply)
     assert 'File "' not in json.dumps(reply)
     await h.ping()
@@ -560,6 +562,21 @@ async def test_same_packet_id_after_success_replays_with_new_correlation(h: Harn
         "call": 1, "processing_stats": a["payload"]["data"]["processing_stats"]}  # fmt: skip
 
 
+async def test_same_packet_id_after_non_retryable_failure_replays_it(h: Harness) -> None:
+    calls = 0
+
+    @h.element("df", "broken")
+    async def broken(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        raise ValueError("always")
+
+    h.start()
+    first = error_of(await h.call("df", "broken", packet_id="packet_broken"))
+    second = error_of(await h.call("df", "broken", packet_id="packet_broken"))
+    assert calls == 1 and first["error_code"] == second["error_code"] == "PF005"
+
+
 async def test_same_packet_id_after_retryable_failure_runs_anew(h: Harness) -> None:
     calls = 0
 
@@ -567,8 +584,8 @@ async def test_same_packet_id_after_retryable_failure_runs_anew(h: Harness) -> N
     async def flaky(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
         nonlocal calls
         calls += 1
-        if calls == 1:
-            raise ConnectionError("upstream hiccup")
+        if calls == 1:  # a transient failure the handler declares retryable
+            raise ProcessingFailed("upstream hiccup", retryable=True)
         return {"call": calls}
 
     h.start()

@@ -43,7 +43,9 @@ class ReactorLink:
             max_msg_size=LINK_MAX_MSG, decode_text=False, autoping=True,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeout),
         )  # fmt: skip
-        self.peer = Peer(ws, f"gateway->{self.record.reactor_id}")
+        # DESIGN §3 makes every PFAP endpoint take array frames (§12.4.2), so bursts of
+        # SUBMITs to a reactor travel batched.
+        self.peer = Peer(ws, f"gateway->{self.record.reactor_id}", batch=True)
         self._reader = asyncio.get_running_loop().create_task(self._read_loop(self.peer))
 
     async def _read_loop(self, peer: Peer) -> None:

@@ -400,10 +400,14 @@ class ReactorRuntime:
         except BaseException as exc:  # a handler bug (even sys.exit) never takes us down
             log.warning("handler %s raised for packet %s: %r", spec.key, job.packet_id, exc,
                         exc_info=self.config.debug)  # fmt: skip
+            # Not retryable: the same data on another reactor would most likely raise
+            # again. A handler with a transient failure raises ProcessingFailed(...,
+            # retryable=True) itself, and the gateway retries that.
             failure = ProcessingFailed(
                 f"{spec.key} failed: {type(exc).__name__}: {exc}",
                 details={"reason": "handler_exception", "exception_type": type(exc).__name__,
                          "exception_message": str(exc)},
+                retryable=False,
             )  # fmt: skip
             self._fail(job, failure, (time.perf_counter() - started) * 1000.0)
             return
