@@ -47,7 +47,7 @@ class Procs:
 
     def start(self, args: list[str], module: str = "packetflow") -> str:
         if module == "packetflow":
-            proc = spawn(["--log-level", "WARNING", *args], new_session=False)
+            proc = spawn(["--log-level", "ERROR", *args], new_session=False)
         else:
             proc = subprocess.Popen([sys.executable, "-m", module, *args],
                                     stdout=subprocess.PIPE)  # fmt: skip

@@ -8,7 +8,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
+import msgspec
 from aiohttp import WSMsgType
+
+
+class _Ids(msgspec.Struct):
+    message_id: str | None = None
+    correlation_id: str | None = None
+
+
+_ids = msgspec.json.Decoder(_Ids)
 
 
 @dataclass(frozen=True)
@@ -30,8 +39,14 @@ async def run_load(
     in_flight: int,
     connections: int = 1,
     warmup: int = 200,
+    track: bool = False,
 ) -> LoadResult:
-    """Send ``count`` frames per connection keeping ``in_flight`` unanswered on each."""
+    """Send ``count`` frames per connection keeping ``in_flight`` unanswered on each.
+
+    With ``track`` (or one in flight) each reply's latency is recorded; with several in
+    flight replies are matched to their frames by id (``correlation_id`` of a RESULT,
+    ``message_id`` of an echoed frame), which costs the client a small decode each.
+    """
     async with aiohttp.ClientSession() as session:
         sockets = [await session.ws_connect(url, decode_text=False, max_msg_size=0)
                    for _ in range(connections)]  # fmt: skip
@@ -40,24 +55,37 @@ async def run_load(
         async def drive(ws: aiohttp.ClientWebSocketResponse, n: int, lat: list[float]) -> None:
             nonlocal serial
             sent_at: list[float] = []
+            by_id: dict[str, float] = {}
+            matched = track and in_flight > 1
+
+            async def send_next() -> None:
+                nonlocal serial
+                serial += 1
+                data = frame(serial)
+                if matched:
+                    by_id[_ids.decode(data).message_id or ""] = time.perf_counter()
+                elif in_flight == 1:
+                    sent_at.append(time.perf_counter())
+                await ws.send_frame(data, WSMsgType.TEXT)
+
             sent = received = 0
             while sent < min(in_flight, n):
-                serial += 1
-                sent_at.append(time.perf_counter())
-                await ws.send_frame(frame(serial), WSMsgType.TEXT)
+                await send_next()
                 sent += 1
             while received < n:
                 msg = await ws.receive()
                 if msg.type != WSMsgType.TEXT:
                     raise RuntimeError(f"connection ended: {msg.type} {msg.data!r}")
-                if in_flight == 1:
+                if matched:
+                    ids = _ids.decode(msg.data)
+                    started = by_id.pop(ids.correlation_id or ids.message_id or "", None)
+                    if started is not None:
+                        lat.append((time.perf_counter() - started) * 1000.0)
+                elif in_flight == 1:
                     lat.append((time.perf_counter() - sent_at[-1]) * 1000.0)
                 received += 1
                 if sent < n:
-                    serial += 1
-                    if in_flight == 1:
-                        sent_at.append(time.perf_counter())
-                    await ws.send_frame(frame(serial), WSMsgType.TEXT)
+                    await send_next()
                     sent += 1
 
         await asyncio.gather(*(drive(ws, warmup, []) for ws in sockets))

@@ -301,3 +301,43 @@ def test_http_api_packets_reactors_affinity(cluster: Cluster) -> None:
     with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
         metrics = resp.read().decode()
     assert "packetflow_gateway_packets_completed_total 2.0" in metrics
+
+
+def test_static_list_registers_a_reactor_without_announce(cluster: Cluster) -> None:
+    """DESIGN §2 announce channel 2: a reactor named in the gateway's static list."""
+    reactor = cluster.reactor(None, "--id", "static-one")
+    gateway = cluster.gateway("--static", reactor.url)
+    wait_for(lambda: Cluster.health_of(gateway, "static-one") == "healthy", 15, "static link")
+    rows = {r["reactor_id"]: r for r in gateway.get("/v1/reactors")["reactors"]}
+    assert rows["static-one"]["source"] == "static"
+    assert whoami_ping(gateway) == "static-one"
+
+
+async def test_discover_query_answers_with_the_registry_4_2_5(cluster: Cluster) -> None:
+    gateway = cluster.gateway()
+    cluster.reactor(gateway, "--id", "listed", "--specialization", "io_intensive")
+    async with packetflow.connect(gateway.url) as pf:
+        rows = await pf.discover()
+    (row,) = rows
+    assert row["reactor_id"] == "listed"
+    assert row["specializations"] == ["io_intensive"]
+    assert row["health"] == "healthy"
+    assert "cf:ping" in row["capabilities"]
+
+
+def test_silent_reactor_leaves_the_registry(cluster: Cluster) -> None:
+    """Reactors that stop heartbeating leave the registry after a configurable time (PF003
+    once nothing serves the element); one that comes back announces itself again."""
+    gateway = cluster.gateway("--health-scale", "0.02", "--departure-after", "1.5")
+    reactor = cluster.reactor(gateway, "--id", "quiet", "--heartbeat-interval", "0.2", *PROBE)
+    os.kill(reactor.proc.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: Cluster.health_of(gateway, "quiet") is None, 15, "departure")
+        with packetflow.connect_sync(gateway.url) as pf, pytest.raises(PacketFlowError) as info:
+            pf.submit("cf", "whoami", {})
+        assert info.value.code == "PF003"
+    finally:
+        os.kill(reactor.proc.pid, signal.SIGCONT)
+    # Alive again, it sees its work link closed and announces itself anew.
+    wait_for(lambda: Cluster.health_of(gateway, "quiet") == "healthy", 15, "return")
+    assert whoami(gateway.url, "cf") == "quiet"

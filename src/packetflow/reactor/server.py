@@ -294,10 +294,29 @@ class Reactor:
                 elif frame.type == WSMsgType.ERROR:
                     break
         finally:
+            was_gateway = peer in self._gateway_peers
             self._gateway_peers.discard(peer)
             self._peers.discard(peer)
             await peer.close()
+            if was_gateway and not self._gateway_peers:
+                self._relink()
         return ws
+
+    def _relink(self) -> None:
+        """The gateway closed its work connection while ours to it may still be up (it
+        dropped us as silent, or the link broke): announce again so it dials back."""
+        rt = self.runtime
+        if rt is None or rt.draining or rt.gateway is None or not rt.gateway.connected:
+            return
+
+        async def announce_again() -> None:
+            assert rt.gateway is not None
+            try:
+                await self._announce(rt.gateway)
+            except (PacketFlowError, OSError, TimeoutError) as exc:
+                log.info("reactor %s: re-announce failed: %s", self.reactor_id, exc)
+
+        self._tasks.append(asyncio.get_running_loop().create_task(announce_again()))
 
     def _on_frame(self, peer: Peer, data: bytes) -> None:
         rt = self.runtime
