@@ -17,7 +17,7 @@ import pytest
 
 from packetflow.protocol.errors import PacketFlowError
 from packetflow.reactor.context import Context
-from packetflow.reactor.elements import df
+from packetflow.reactor.elements import contract, df
 from packetflow.reactor.registry import Registry
 
 D = "payload.packet.data"
@@ -928,7 +928,7 @@ def test_save_onto_a_directory_is_pf005(ctx: Context, data_dir: Path) -> None:
 def test_long_loops_stop_at_the_deadline_with_retryable_pf005(data_dir: Path) -> None:
     """DESIGN §10 handler timeouts: PF005 with reason "timeout", retry_possible true."""
     ctx = make_ctx(data_dir, ttl=-1)
-    data = {"input": ["a"] * (df.DEADLINE_CHECK_EVERY + 1), "operation": "uppercase"}
+    data = {"input": ["a"] * (contract.DEADLINE_CHECK_EVERY + 1), "operation": "uppercase"}
     err = fails(df.transform, data, ctx, "PF005")
     assert err.details == {"reason": "timeout"}
     assert err.retryable

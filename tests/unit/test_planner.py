@@ -757,6 +757,27 @@ class Driver:
                     self.finishes.append(ins)
                 case ReportProgress() | ConvertBond() | ScheduleTimer():
                     pass
+        if not self.run.finished:
+            self.check_dataflow()
+
+    def check_dataflow(self) -> None:
+        """Dataflow (DESIGN §7): after every event, a packet left pending is one its
+        blocking bonds (current types) still hold back; none is startable or doomed."""
+        bonds = self.run.bonds
+        for pid in self.run.molecule.packet_ids:
+            if self.run.state_of(pid) != "pending":
+                continue
+            held = False
+            for b in bonds:
+                if b.target != pid:
+                    continue
+                state = self.run.state_of(b.source)
+                if b.type == "ionic":
+                    assert state not in {"failed", "skipped", "aborted"}, f"{pid} not skipped"
+                    held = held or state != "succeeded"
+                elif b.type in ("covalent", "vdw"):
+                    held = held or state not in {"succeeded", "failed", "skipped", "aborted"}
+            assert held, f"{pid} is pending although its bonds allow it to start"
 
 
 @settings(max_examples=300, deadline=None)

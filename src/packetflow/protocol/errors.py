@@ -295,6 +295,25 @@ class GatewayTimeout(SystemFailure):
     code = "PF504"
 
 
+def json_type(value: Any) -> str:
+    """The JSON Schema name of a decoded value's type, for PF002's ``received_type``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
 def invalid_field(
     field: str, expected: str, received: str, rule: str, message: str | None = None
 ) -> InvalidPacket:

@@ -31,7 +31,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
-from .errors import InvalidPacket, Overloaded, invalid_field
+from .errors import InvalidPacket, Overloaded, invalid_field, json_type
 
 # ---------------------------------------------------------------------------------------------
 # Limits (STYLE 5)
@@ -62,27 +62,11 @@ W = TypeVar("W")
 # Topics
 
 
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
 def _check_name(value: object, field: str, *, pattern: bool) -> str:
     what = "topic pattern" if pattern else "topic"
     expected = f"{what}: dot-separated non-empty segments, at most {MAX_TOPIC_LENGTH} chars"
     if not isinstance(value, str):
-        raise invalid_field(field, expected, _type_name(value), "type")
+        raise invalid_field(field, expected, json_type(value), "type")
     if not value or len(value) > MAX_TOPIC_LENGTH:
         raise invalid_field(
             field,
@@ -248,7 +232,7 @@ class EventBus(Generic[S]):
             raise invalid_field(
                 "payload.packet.data.subscription_id",
                 "non-empty string",
-                _type_name(subscription_id),
+                json_type(subscription_id),
                 "type",
             )
         elif subscription_id in self._subs:
@@ -389,7 +373,7 @@ class BarrierTable(Generic[W]):
             raise invalid_field(
                 "payload.packet.data.barrier",
                 f"non-empty string of at most {MAX_TOPIC_LENGTH} chars",
-                _type_name(barrier),
+                json_type(barrier),
                 "type",
             )
         if (
@@ -400,7 +384,7 @@ class BarrierTable(Generic[W]):
             raise invalid_field(
                 "payload.packet.data.parties",
                 f"integer between 1 and {MAX_PARTIES}",
-                _type_name(parties),
+                json_type(parties),
                 "range",
             )
         entry = self._barriers.get(barrier)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
 from .chemistry import GROUPS
-from .errors import BondFormationFailed, InvalidPacket, NoReactorAvailable, invalid_field
+from .errors import BondFormationFailed, InvalidPacket, NoReactorAvailable, invalid_field, json_type
 from .packets import (
     ELEMENT_NAME,
     PACKET_ID_MAX_LEN,
@@ -72,25 +72,6 @@ MAX_BONDS_PER_PACKET: Final = 10
 DEFAULT_MAX_RETRIES: Final = 3
 # Retries are per packet; more than this is a runaway molecule, not resilience.
 MAX_MAX_RETRIES: Final = 10
-
-
-def _json_type(value: Any) -> str:
-    """The JSON name of a decoded value's type, for ``received_type``."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        return "object"
-    if isinstance(value, list | tuple):
-        return "array"
-    return type(value).__name__
 
 
 def _join(path: str, key: str) -> str:
@@ -260,7 +241,7 @@ class Molecule:
 
 def _require_object(value: Any, path: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise invalid_field(path or "$", "object", _json_type(value), "type")
+        raise invalid_field(path or "$", "object", json_type(value), "type")
     return cast(Mapping[str, Any], value)
 
 
@@ -268,7 +249,7 @@ def _require_string_id(value: Any, path: str) -> str:
     if value is None:
         raise invalid_field(path, "string", "missing", "required")
     if not isinstance(value, str):
-        raise invalid_field(path, "string", _json_type(value), "type")
+        raise invalid_field(path, "string", json_type(value), "type")
     if not 1 <= len(value) <= PACKET_ID_MAX_LEN:
         raise invalid_field(
             path, f"string of 1-{PACKET_ID_MAX_LEN} chars", f"string of {len(value)} chars",
@@ -287,7 +268,7 @@ def _parse_packet(raw: Any, path: str) -> MoleculePacket:
                             "required")  # fmt: skip
     if not isinstance(group, str):
         raise invalid_field(_join(path, "group"), "one of cf, df, ed, co, mc, rm",
-                            _json_type(group), "type")  # fmt: skip
+                            json_type(group), "type")  # fmt: skip
     if group not in GROUPS:
         raise unknown_group(group, _join(path, "group"))
 
@@ -296,7 +277,7 @@ def _parse_packet(raw: Any, path: str) -> MoleculePacket:
     if element is None:
         raise invalid_field(epath, "string matching [a-z][a-z0-9_]*", "missing", "required")
     if not isinstance(element, str):
-        raise invalid_field(epath, "string", _json_type(element), "type")
+        raise invalid_field(epath, "string", json_type(element), "type")
     if not ELEMENT_NAME.match(element):
         raise invalid_field(epath, "string matching [a-z][a-z0-9_]*", repr(element), "pattern")
 
@@ -304,7 +285,7 @@ def _parse_packet(raw: Any, path: str) -> MoleculePacket:
     if priority is not None:
         ppath = _join(path, "priority")
         if not _is_int(priority):
-            raise invalid_field(ppath, "integer", _json_type(priority), "type")
+            raise invalid_field(ppath, "integer", json_type(priority), "type")
         if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
             raise invalid_field(
                 ppath, f"int {PRIORITY_MIN}-{PRIORITY_MAX}", f"int {priority}", "range"
@@ -314,7 +295,7 @@ def _parse_packet(raw: Any, path: str) -> MoleculePacket:
     if timeout is not None:
         tpath = _join(path, "timeout_ms")
         if not _is_int(timeout):
-            raise invalid_field(tpath, "integer", _json_type(timeout), "type")
+            raise invalid_field(tpath, "integer", json_type(timeout), "type")
         if timeout <= 0:
             raise invalid_field(tpath, "positive int", f"int {timeout}", "range")
 
@@ -323,7 +304,7 @@ def _parse_packet(raw: Any, path: str) -> MoleculePacket:
     if deps_raw is not None:
         dpath = _join(path, "dependencies")
         if not isinstance(deps_raw, list):
-            raise invalid_field(dpath, "array of packet ids", _json_type(deps_raw), "type")
+            raise invalid_field(dpath, "array of packet ids", json_type(deps_raw), "type")
         for j, dep in enumerate(deps_raw):
             dep_id = _require_string_id(dep, f"{dpath}[{j}]")
             if dep_id not in deps:
@@ -371,7 +352,7 @@ def _parse_bond(raw: Any, path: str) -> tuple[Bond, str, str]:
     if type_raw is None:
         raise invalid_field(ypath, expected, "missing", "required")
     if not isinstance(type_raw, str):
-        raise invalid_field(ypath, expected, _json_type(type_raw), "enum")
+        raise invalid_field(ypath, expected, json_type(type_raw), "enum")
     bond_type = BOND_ALIASES.get(type_raw.lower())
     if bond_type is None:
         raise invalid_field(ypath, expected, repr(type_raw), "enum",
@@ -382,7 +363,7 @@ def _parse_bond(raw: Any, path: str) -> tuple[Bond, str, str]:
     if strength is None:
         strength = DEFAULT_STRENGTH[bond_type]
     elif not _is_number(strength):
-        raise invalid_field(gpath, "number 0-1", _json_type(strength), "type")
+        raise invalid_field(gpath, "number 0-1", json_type(strength), "type")
     elif not 0.0 <= strength <= 1.0:
         raise invalid_field(gpath, "number 0-1", f"number {strength}", "range",
                             f"Bond strength {strength} at '{gpath}' is outside 0-1")  # fmt: skip
@@ -421,7 +402,7 @@ def _parse_properties(raw: Any, path: str) -> MoleculeProperties:
     max_retries = obj.get("max_retries", DEFAULT_MAX_RETRIES)
     rpath = _join(path, "max_retries")
     if not _is_int(max_retries):
-        raise invalid_field(rpath, "integer", _json_type(max_retries), "type")
+        raise invalid_field(rpath, "integer", json_type(max_retries), "type")
     if not 0 <= max_retries <= MAX_MAX_RETRIES:
         raise invalid_field(rpath, f"int 0-{MAX_MAX_RETRIES}", f"int {max_retries}", "range")
 
@@ -429,7 +410,7 @@ def _parse_properties(raw: Any, path: str) -> MoleculeProperties:
     if timeout is not None:
         tpath = _join(path, "timeout_ms")
         if not _is_int(timeout):
-            raise invalid_field(tpath, "integer", _json_type(timeout), "type")
+            raise invalid_field(tpath, "integer", json_type(timeout), "type")
         if timeout <= 0:
             raise invalid_field(tpath, "positive int", f"int {timeout}", "range")
 
@@ -437,25 +418,23 @@ def _parse_properties(raw: Any, path: str) -> MoleculeProperties:
     if ft not in FAULT_TOLERANCES:
         raise invalid_field(
             _join(path, "fault_tolerance"), "one of " + ", ".join(FAULT_TOLERANCES),
-            repr(ft) if isinstance(ft, str) else _json_type(ft), "enum",
+            repr(ft) if isinstance(ft, str) else json_type(ft), "enum",
         )  # fmt: skip
 
     threshold = obj.get("stability_threshold", 0.0)
     spath = _join(path, "stability_threshold")
     if not _is_number(threshold):
-        raise invalid_field(spath, "number 0-1", _json_type(threshold), "type")
+        raise invalid_field(spath, "number 0-1", json_type(threshold), "type")
     if not 0.0 <= threshold <= 1.0:
         raise invalid_field(spath, "number 0-1", f"number {threshold}", "range")
 
     healing = obj.get("healing", False)
     if not isinstance(healing, bool):
-        raise invalid_field(_join(path, "healing"), "boolean", _json_type(healing), "type")
+        raise invalid_field(_join(path, "healing"), "boolean", json_type(healing), "type")
 
     target = obj.get("optimization_target")
     if target is not None and not isinstance(target, str):
-        raise invalid_field(
-            _join(path, "optimization_target"), "string", _json_type(target), "type"
-        )
+        raise invalid_field(_join(path, "optimization_target"), "string", json_type(target), "type")
 
     return MoleculeProperties(
         max_retries=max_retries,
@@ -506,7 +485,7 @@ def parse_molecule(
 
     version = structure.get("version")
     if version is not None and not isinstance(version, str):
-        raise invalid_field(_join(structure_path, "version"), "string", _json_type(version),
+        raise invalid_field(_join(structure_path, "version"), "string", json_type(version),
                             "type")  # fmt: skip
 
     ppath = _join(structure_path, "packets")
@@ -514,7 +493,7 @@ def parse_molecule(
     if packets_raw is None:
         raise invalid_field(ppath, "array of packets", "missing", "required")
     if not isinstance(packets_raw, list):
-        raise invalid_field(ppath, "array of packets", _json_type(packets_raw), "type")
+        raise invalid_field(ppath, "array of packets", json_type(packets_raw), "type")
     if not packets_raw:
         raise invalid_field(ppath, "array of at least 1 packet", "empty array", "min_items")
     if len(packets_raw) > max_size:
@@ -546,7 +525,7 @@ def parse_molecule(
     if bonds_raw is None:
         bonds_raw = []
     if not isinstance(bonds_raw, list):
-        raise invalid_field(bpath, "array of bonds", _json_type(bonds_raw), "type")
+        raise invalid_field(bpath, "array of bonds", json_type(bonds_raw), "type")
     max_bonds = MAX_BONDS_PER_PACKET * max_size
     if len(bonds_raw) > max_bonds:
         raise invalid_field(

@@ -369,10 +369,18 @@ class MoleculeRun:
         for stage in self._stages.values():
             self._unfinished_in_stage[stage] += 1
         self._samples: dict[str, list[float]] = {}  # kind -> [Σ duration, count]
+        self._unfinished = len(self._tracks)
         for pid, track in self._tracks.items():
             self._tally(pid, "pending", track.state)
             if track.state in ("succeeded", "failed"):
                 self._sample(pid)
+        # Per packet, how many of its incoming bonds still hold it back and how many are
+        # ionic from a source that will never succeed: _verdict reads these in O(1), and
+        # a source's finish updates its targets' counts in O(out-degree).
+        self._waiting: dict[str, int] = {}
+        self._doomed: dict[str, int] = {}
+        for pid in self._order:
+            self._count_blockers(pid)
         self._blocking_sources = {
             p: [self._bonds[i].source for i in self._incoming[p] if self._bonds[i].blocking]
             for p in self._order
@@ -767,14 +775,17 @@ class MoleculeRun:
         """Apply ``event`` to the packet per PACKET_TRANSITIONS (the only state writer)."""
         track = self._track(packet_id)
         before = track.state
-        track.state = self._check(packet_id, track, event)
-        self._tally(packet_id, before, track.state)
+        after = track.state = self._check(packet_id, track, event)
+        if before not in FINISHED_STATES and after in FINISHED_STATES:
+            self._tally(packet_id, before, after)
+            self._release_targets(packet_id, after)
         return track
 
     def _tally(self, packet_id: str, before: PacketState, after: PacketState) -> None:
         """Keep the tallies in step with a state change (finished states are terminal)."""
         if before in FINISHED_STATES or after not in FINISHED_STATES:
             return
+        self._unfinished -= 1
         self._unfinished_in_stage[self._stages[packet_id]] -= 1
         if after == "succeeded":
             self._won += self._out_strength[packet_id]
@@ -801,8 +812,48 @@ class MoleculeRun:
             attempts += 1  # §10.4.2 replace_failed_packets: once, on a different reactor
         return attempts
 
+    def _blocks(self, bond: Bond, state: PacketState) -> tuple[bool, bool]:
+        """Whether ``bond`` (source in ``state``) holds its target back, and whether it
+        dooms it (ionic from a source that will never succeed)."""
+        if bond.type == "ionic":
+            return state != "succeeded", state in _LOST
+        if bond.type in ("covalent", "vdw"):
+            return state not in FINISHED_STATES, False
+        return False, False
+
+    def _count_blockers(self, packet_id: str) -> None:
+        """Recount ``_waiting``/``_doomed`` for one packet from its incoming bonds (at
+        construction, restore and after a healing conversion retypes its bonds)."""
+        waiting = doomed = 0
+        for i in self._incoming[packet_id]:
+            bond = self._bonds[i]
+            holds, dooms = self._blocks(bond, self._tracks[bond.source].state)
+            waiting += holds
+            doomed += dooms
+        self._waiting[packet_id] = waiting
+        self._doomed[packet_id] = doomed
+
+    def _release_targets(self, packet_id: str, after: PacketState) -> None:
+        """A source just finished in state ``after``: update its targets' counts."""
+        waiting = self._waiting
+        doomed = self._doomed
+        bonds = self._bonds
+        for i in self._outgoing[packet_id]:
+            bond = bonds[i]
+            kind = bond.type
+            if kind == "ionic":
+                if after == "succeeded":
+                    waiting[bond.target] -= 1
+                else:
+                    doomed[bond.target] += 1
+            elif kind == "covalent" or kind == "vdw":
+                waiting[bond.target] -= 1
+
     def _verdict(self, packet_id: str) -> tuple[Literal["start", "skip", "wait"], str | None]:
         """Whether a pending packet can start, must be skipped, or waits (DESIGN §7)."""
+        if not self._doomed[packet_id]:
+            return ("wait", None) if self._waiting[packet_id] else ("start", None)
+        # Rare: some ionic source is lost; name the first one in bond order.
         waiting = False
         for i in self._incoming[packet_id]:
             bond = self._bonds[i]
@@ -883,6 +934,8 @@ class MoleculeRun:
             touched.append(bond.target)
             if not self._bonds[i].blocking:
                 self._blocking_sources[bond.target].remove(bond.source)
+        for pid in dict.fromkeys(touched):
+            self._count_blockers(pid)
         self._settle(touched, now, out)
 
     def _stop(self, now: float, status: RunStatus, reason: str, out: list[Instruction]) -> None:
@@ -909,7 +962,7 @@ class MoleculeRun:
         """Append the progress report and, when the run has just ended, the finish."""
         self._last_now = now
         just_finished = self.status is not None
-        if self.status is None and all(t.state in FINISHED_STATES for t in self._tracks.values()):
+        if self.status is None and self._unfinished == 0:
             self.status = self._final_status()
             self.finished_at = now
             just_finished = True

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .errors import InvalidPacket, Overloaded, invalid_field
+from .errors import InvalidPacket, Overloaded, invalid_field, json_type
 
 # ---------------------------------------------------------------------------------------------
 # Limits (STYLE 5)
@@ -75,26 +75,10 @@ class Allocation:
         }
 
 
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
 def _bad(
     path: str, expected: str, value: object, rule: str, msg: str | None = None
 ) -> InvalidPacket:
-    return invalid_field(f"{DATA}.{path}", expected, _type_name(value), rule, msg)
+    return invalid_field(f"{DATA}.{path}", expected, json_type(value), rule, msg)
 
 
 def parse_resources(value: object) -> tuple[float, int]:

@@ -25,7 +25,7 @@ from ...protocol.messages import (
 from ...transport import now_ms
 from ..context import Context
 from ..registry import Registry
-from .df import bad, missing
+from .contract import bad, missing
 
 if TYPE_CHECKING:
     from ...client import AsyncClient

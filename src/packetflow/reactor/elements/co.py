@@ -46,7 +46,7 @@ from ...protocol.messages import Result, decode_json
 from ...protocol.packets import ELEMENT_NAME, PACKET_ID_MAX_LEN
 from ..context import Context
 from ..registry import Registry
-from .df import bad, data_path
+from .contract import bad, data_path
 from .ed import (
     SIGNAL_PREFIX,
     PacketSpec,

@@ -10,8 +10,8 @@ The value to work on follows DESIGN §10's input rule (``ctx.input_value``): ``d
 the ``result`` of the single upstream packet in a molecule. Every element that produces a
 collection returns it under ``result`` so that the next element of a molecule can consume it.
 
-The small helpers at the top (``json_type``, ``bad``, ``get_path``, the statistics) are shared
-with ``mc.py``.
+Data checks shared with the other groups live in ``contract.py``, statistics in
+``summary.py``.
 """
 
 from __future__ import annotations
@@ -34,9 +34,33 @@ import jsonschema
 from jsonschema import Draft202012Validator
 from referencing.exceptions import Unresolvable
 
-from ...protocol.errors import InvalidPacket, ProcessingFailed, invalid_field
+from ...protocol.errors import InvalidPacket, ProcessingFailed, invalid_field, json_type
 from ..context import Context
 from ..registry import Registry
+from .contract import (
+    Deadline,
+    as_records,
+    bad,
+    canonical,
+    data_path,
+    get_path,
+    is_number,
+    json_equal,
+    missing,
+    number_kind,
+    opt_bool,
+    opt_int,
+    set_path,
+    show,
+    str_list,
+)
+from .summary import (
+    finite,
+    mean,
+    median,
+    stddev,
+    total,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Limits (STYLE 5)
@@ -48,254 +72,9 @@ MAX_LOAD_BYTES = 64 * 1024 * 1024
 # df:validate reports at most this many errors (the rest are counted in invalid_rows); one
 # bad schema against a large file would otherwise produce a result far above the frame limit.
 MAX_VALIDATION_ERRORS = 1000
-# Long loops look at the packet's deadline every this many items: a handler in a thread
-# cannot be cancelled (DESIGN §10 "Handler timeouts"), so it stops itself.
-DEADLINE_CHECK_EVERY = 4096
 # df:transform round: digits outside this range are meaningless for IEEE doubles (15-17
 # significant digits).
 MAX_ROUND_DIGITS = 15
-
-DATA = "payload.packet.data"
-
-# ---------------------------------------------------------------------------------------------
-# Shared helpers (also used by mc.py)
-
-
-def json_type(value: Any) -> str:
-    """The JSON type name of a decoded value, for PF002's ``received_type``."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
-def data_path(path: str) -> str:
-    """``input[3].price`` -> ``payload.packet.data.input[3].price``."""
-    return f"{DATA}.{path}" if path else DATA
-
-
-def bad(
-    path: str, expected: str, value: Any, rule: str, message: str | None = None
-) -> InvalidPacket:
-    """A PF002 naming ``payload.packet.data.<path>`` (DESIGN §3)."""
-    return invalid_field(data_path(path), expected, json_type(value), rule, message)
-
-
-def show(value: Any, limit: int = 60) -> str:
-    """``repr`` of user input for an error message, cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def missing(path: str) -> InvalidPacket:
-    return invalid_field(
-        data_path(path),
-        "present",
-        "missing",
-        "required_field",
-        f"Missing required field '{data_path(path)}'",
-    )
-
-
-def is_number(value: Any) -> bool:
-    """A JSON number: int or float, never a boolean."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def get_path(obj: Any, dotted: str) -> tuple[bool, Any]:
-    """Look up a dotted field path (``a.b``, ``items.0``) in a record: (found, value).
-
-    A key that itself contains dots (``{"a.b": 1}``) is matched literally first.
-    """
-    if isinstance(obj, dict) and dotted in obj:
-        return True, obj[dotted]
-    cur = obj
-    for part in dotted.split("."):
-        if isinstance(cur, dict):
-            if part not in cur:
-                return False, None
-            cur = cur[part]
-        elif isinstance(cur, list) and part.isdigit():
-            index = int(part)
-            if index >= len(cur):
-                return False, None
-            cur = cur[index]
-        else:
-            return False, None
-    return True, cur
-
-
-def _set_path(obj: Any, dotted: str, value: Any) -> Any:
-    """A copy of ``obj`` with the (existing) dotted field set; copies only along the path."""
-    if isinstance(obj, dict) and dotted in obj:
-        out = dict(obj)
-        out[dotted] = value
-        return out
-    head, _, rest = dotted.partition(".")
-    if isinstance(obj, dict):
-        out = dict(obj)
-        out[head] = _set_path(obj[head], rest, value) if rest else value
-        return out
-    if isinstance(obj, list):
-        items = list(obj)
-        index = int(head)
-        items[index] = _set_path(obj[index], rest, value) if rest else value
-        return items
-    return value
-
-
-class Deadline:
-    """Checks the packet's deadline every DEADLINE_CHECK_EVERY calls to ``tick``.
-
-    Raises PF005 with ``reason`` "timeout" (retryable), as DESIGN §10 "Handler timeouts".
-    """
-
-    __slots__ = ("_ctx", "_n")
-
-    def __init__(self, ctx: Context) -> None:
-        self._ctx = ctx
-        self._n = 0
-
-    def tick(self) -> None:
-        self._n += 1
-        if self._n % DEADLINE_CHECK_EVERY == 0 and self._ctx.remaining_s() <= 0:
-            raise ProcessingFailed(
-                f"{self._ctx.group}:{self._ctx.element} ran past its deadline",
-                details={"reason": "timeout"},
-                retryable=True,
-            )
-
-
-def _str_list(value: Any, path: str, *, allow_single: bool = True) -> list[str]:
-    """A non-empty string or a list of non-empty strings (field names)."""
-    if allow_single and isinstance(value, str) and value:
-        return [value]
-    if not isinstance(value, list):
-        raise bad(path, "string or array of strings", value, "type")
-    for i, item in enumerate(value):
-        if not isinstance(item, str) or not item:
-            raise bad(f"{path}[{i}]", "non-empty string", item, "type")
-    return list(value)
-
-
-def _opt_bool(obj: dict[str, Any], key: str, default: bool, path: str) -> bool:
-    value = obj.get(key, default)
-    if not isinstance(value, bool):
-        raise bad(path, "boolean", value, "type")
-    return value
-
-
-def _opt_int(
-    obj: dict[str, Any], key: str, default: int, path: str, lo: int, hi: int | None = None
-) -> int:
-    value = obj.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise bad(path, "integer", value, "type")
-    if value < lo or (hi is not None and value > hi):
-        rng = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise bad(path, f"integer {rng}", value, "range", f"'{data_path(path)}' must be {rng}")
-    return value
-
-
-def _records(value: Any, path: str = "input") -> list[dict[str, Any]]:
-    """A list of records (objects); PF002 naming the first item that is not one."""
-    if not isinstance(value, list):
-        raise bad(path, "array of objects", value, "type")
-    for i, row in enumerate(value):
-        if not isinstance(row, dict):
-            raise bad(f"{path}[{i}]", "object", row, "type")
-    return value
-
-
-def _canon(value: Any) -> Any:
-    """A hashable canonical form for grouping and de-duplication: 1 and 1.0 are the same
-    value, True and 1 are not (JSON tells them apart)."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return (json_type(value), value)
-    if isinstance(value, float) and value.is_integer():
-        return ("number", int(value))
-    if isinstance(value, int | float):
-        return ("number", value)
-    if isinstance(value, list):
-        return ("array", tuple(_canon(v) for v in value))
-    if isinstance(value, dict):
-        return ("object", tuple(sorted((k, _canon(v)) for k, v in value.items())))
-    return ("other", repr(value))
-
-
-def json_equal(a: Any, b: Any) -> bool:
-    """Equality of JSON values: numbers compare by value, booleans are not numbers."""
-    return bool(_canon(a) == _canon(b))
-
-
-def _number_kind(value: Any) -> str | None:
-    """Ordering class of a value: numbers with numbers, strings with strings."""
-    if is_number(value):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return None
-
-
-def finite(value: float | int, what: str) -> float | int:
-    """PF005 (not retryable) when a computation overflowed to inf/nan."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ProcessingFailed(
-            f"{what} overflowed (the result is not a finite number)",
-            details={"reason": "overflow"},
-            retryable=False,
-        )
-    return value
-
-
-def total(values: list[Any]) -> int | float:
-    """Exact for ints, math.fsum for floats."""
-    if all(isinstance(v, int) for v in values):
-        return int(sum(values))
-    return finite(math.fsum(values), "sum")
-
-
-def mean(values: list[float]) -> float:
-    return finite(math.fsum(values) / len(values), "mean")
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    n = len(ordered)
-    mid = n // 2
-    if n % 2:
-        return float(ordered[mid])
-    return (ordered[mid - 1] + ordered[mid]) / 2
-
-
-def stddev(values: list[float]) -> float:
-    """Sample standard deviation (n - 1 denominator); 0.0 for a single value."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    m = math.fsum(values) / n
-    return finite(math.sqrt(math.fsum((v - m) ** 2 for v in values) / (n - 1)), "stddev")
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default, Hyndman-Fan type 7);
-    ``ordered`` must be sorted and non-empty, ``q`` in [0, 100]."""
-    pos = (len(ordered) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
-
 
 # ---------------------------------------------------------------------------------------------
 # df:transform
@@ -468,7 +247,7 @@ def _op_params(op: str, params: dict[str, Any], prefix: str) -> dict[str, Any]:
             raise bad(p("separator"), "non-empty string", sep, "type")
         out["separator"] = sep if sep is not None else ("" if op == "join" else None)
         if op == "split":
-            out["maxsplit"] = _opt_int(params, "maxsplit", -1, p("maxsplit"), -1)
+            out["maxsplit"] = opt_int(params, "maxsplit", -1, p("maxsplit"), -1)
     elif op == "replace":
         if "old" not in params:
             raise missing(p("old"))
@@ -477,23 +256,23 @@ def _op_params(op: str, params: dict[str, Any], prefix: str) -> dict[str, Any]:
             raise bad(p("old"), "non-empty string", old, "type")
         if not isinstance(new, str):
             raise bad(p("new"), "string", new, "type")
-        out.update(old=old, new=new, count=_opt_int(params, "count", -1, p("count"), -1))
+        out.update(old=old, new=new, count=opt_int(params, "count", -1, p("count"), -1))
     elif op == "round":
-        out["digits"] = _opt_int(
+        out["digits"] = opt_int(
             params, "digits", 0, p("digits"), -MAX_ROUND_DIGITS, MAX_ROUND_DIGITS
         )
     elif op == "json_stringify":
         indent = params.get("indent")
         if indent is not None:
-            out["indent"] = _opt_int(params, "indent", 0, p("indent"), 0, 8)
-        out["sort_keys"] = _opt_bool(params, "sort_keys", False, p("sort_keys"))
+            out["indent"] = opt_int(params, "indent", 0, p("indent"), 0, 8)
+        out["sort_keys"] = opt_bool(params, "sort_keys", False, p("sort_keys"))
     elif op in ("sort", "unique"):
         by = params.get("by")
         if by is not None and (not isinstance(by, str) or not by):
             raise bad(p("by"), "non-empty string (field path)", by, "type")
         out["by"] = by
         if op == "sort":
-            out["reverse"] = _opt_bool(params, "reverse", False, p("reverse"))
+            out["reverse"] = opt_bool(params, "reverse", False, p("reverse"))
     return out
 
 
@@ -522,7 +301,7 @@ def _sort(value: list[Any], by: str | None, reverse: bool) -> list[Any]:
         if not found or key is None:
             absent.append(item)
             continue
-        k = _number_kind(key)
+        k = number_kind(key)
         if k is None or (kind is not None and k != kind):
             raise bad(
                 where,
@@ -541,7 +320,7 @@ def _unique(value: list[Any], by: str | None) -> list[Any]:
     seen: set[Any] = set()
     out: list[Any] = []
     for item in value:
-        key = _canon(get_path(item, by)[1] if by is not None else item)
+        key = canonical(get_path(item, by)[1] if by is not None else item)
         if key not in seen:
             seen.add(key)
             out.append(item)
@@ -599,7 +378,7 @@ def transform(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
             f"scope 'list' applies to {', '.join(_SCOPE_LIST_OPS)} only",
         )
     fields = (
-        _str_list(raw_params["fields"], "parameters.fields")
+        str_list(raw_params["fields"], "parameters.fields")
         if raw_params.get("fields") is not None
         else None
     )
@@ -630,7 +409,7 @@ def transform(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
         for name in fields:
             found, current = get_path(record, name)
             if found and current is not None:
-                record = _set_path(record, name, fn(current, params, f"{where}.{name}"))
+                record = set_path(record, name, fn(current, params, f"{where}.{name}"))
         return record
 
     if isinstance(value, list):
@@ -803,16 +582,16 @@ def aggregate(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     fields are skipped; ``count`` without a field counts rows. Groups keep first-seen order.
     Raises PF002 for a bad spec or a non-numeric value under a numeric op.
     """
-    rows = _records(ctx.input_value(data))
+    rows = as_records(ctx.input_value(data))
     raw_group = data.get("group_by")
-    group_by = [] if raw_group is None else _str_list(raw_group, "group_by")
+    group_by = [] if raw_group is None else str_list(raw_group, "group_by")
     specs = _agg_specs(data.get("aggregations", {"count": {"op": "count"}}), group_by)
     deadline = Deadline(ctx)
     groups: dict[Any, dict[str, Any]] = {}
     for i, row in enumerate(rows):
         deadline.tick()
         keys = [get_path(row, g)[1] for g in group_by]
-        slot = groups.get(ck := _canon(keys))
+        slot = groups.get(ck := canonical(keys))
         if slot is None:
             slot = groups[ck] = {
                 "keys": keys,
@@ -830,7 +609,7 @@ def aggregate(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
             slot["counts"][name] += 1
             if op == "count":
                 continue
-            kind = _number_kind(v) if op in ("min", "max") else ("number" if is_number(v) else None)
+            kind = number_kind(v) if op in ("min", "max") else ("number" if is_number(v) else None)
             seen = slot["kinds"].setdefault(name, kind)
             if kind is None or kind != seen:
                 expected = "number" if op not in ("min", "max") else seen or "number or string"
@@ -903,7 +682,7 @@ def _conditions(where: Any) -> list[Condition]:
             if "value" not in cond:
                 raise missing(f"{path}.value")
             value = cond["value"]
-            if op in ("lt", "le", "gt", "ge") and _number_kind(value) is None:
+            if op in ("lt", "le", "gt", "ge") and number_kind(value) is None:
                 raise bad(f"{path}.value", "number or string", value, "type")
             if op == "in" and not isinstance(value, list):
                 raise bad(f"{path}.value", "array", value, "type")
@@ -937,7 +716,7 @@ def _matches(item: Any, cond: Condition) -> bool:
         return False
     if op == "startswith":
         return isinstance(v, str) and v.startswith(value)
-    if _number_kind(v) != _number_kind(value):
+    if number_kind(v) != number_kind(value):
         return False
     if op == "lt":
         return bool(v < value)
@@ -1014,10 +793,10 @@ def map_(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     if "fields" not in data:
         raise missing("fields")
     specs = _field_specs(data["fields"])
-    keep = _opt_bool(data, "keep", False, "keep")
+    keep = opt_bool(data, "keep", False, "keep")
     value = ctx.input_value(data)
     single = isinstance(value, dict)
-    rows = _records([value] if single else value)
+    rows = as_records([value] if single else value)
     fns = {out: _item_op(op) for out, (_, op, _p, _d) in specs.items() if op != "copy"}
     deadline = Deadline(ctx)
     mapped: list[dict[str, Any]] = []
@@ -1072,7 +851,7 @@ def reduce_(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     separator = data.get("separator", "")
     if not isinstance(separator, str):
         raise bad("separator", "string", separator, "type")
-    deep = _opt_bool(data, "deep", False, "deep")
+    deep = opt_bool(data, "deep", False, "deep")
     value = ctx.input_value(data)
     if not isinstance(value, list):
         raise bad("input", "array", value, "type")
@@ -1107,9 +886,9 @@ def reduce_(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
         nums = check("number", is_number)
         result = finite(math.prod(nums), "product") if nums else 1
     elif op in ("min", "max"):
-        first = _number_kind(items[0][1]) if items else None
+        first = number_kind(items[0][1]) if items else None
         vals = check(
-            first or "number or string", lambda v: first is not None and _number_kind(v) == first
+            first or "number or string", lambda v: first is not None and number_kind(v) == first
         )
         result = (min(vals) if op == "min" else max(vals)) if vals else None
     elif op == "concat":
@@ -1284,7 +1063,7 @@ def load(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     delimiter = data.get("delimiter", ",")
     if not isinstance(delimiter, str) or len(delimiter) != 1:
         raise bad("delimiter", "one-character string", delimiter, "type")
-    infer = _opt_bool(data, "infer_types", True, "infer_types")
+    infer = opt_bool(data, "infer_types", True, "infer_types")
     try:
         size = path.stat().st_size
         if not path.is_file():
@@ -1337,9 +1116,9 @@ def _serialize(value: Any, fmt: str, data: dict[str, Any]) -> tuple[str, int]:
         raise bad("input", "array (or object)", value, "type", f"{fmt} needs rows")
     if fmt == "jsonl":
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), len(rows)
-    records = _records(rows)
+    records = as_records(rows)
     if "columns" in data:
-        columns = _str_list(data["columns"], "columns", allow_single=False)
+        columns = str_list(data["columns"], "columns", allow_single=False)
     else:
         columns = list(dict.fromkeys(k for r in records for k in r))
     buf = io.StringIO(newline="")

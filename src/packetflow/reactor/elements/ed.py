@@ -38,7 +38,7 @@ from ...protocol.packets import (
 from ...transport import new_packet_id, now_ms
 from ..context import Context
 from ..registry import Registry
-from .df import bad, data_path, missing
+from .contract import bad, data_path, missing
 
 if TYPE_CHECKING:
     from ..runtime import ReactorRuntime

@@ -36,21 +36,10 @@ from weakref import WeakKeyDictionary
 from ...protocol.errors import InternalError, ServiceUnavailable, invalid_field
 from ..context import Context
 from ..registry import Registry
-from .df import (
-    Deadline,
-    bad,
-    data_path,
-    finite,
-    is_number,
-    mean,
-    median,
-    missing,
-    percentile,
-    show,
-    stddev,
-)
+from .contract import Deadline, bad, data_path, is_number, missing, show
 from .ed import runtime_of
 from .rm import MAX_CONCURRENT, MIN_CONCURRENT, set_max_concurrent, system_cpu_percent
+from .summary import finite, mean, median, percentile, stddev
 
 # ---------------------------------------------------------------------------------------------
 # Limits (STYLE 5)

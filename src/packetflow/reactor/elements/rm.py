@@ -30,7 +30,7 @@ from ...protocol.resources import DEFAULT_LEASE_MS, Capacity, ResourceLedger
 from ...transport import now_ms
 from ..context import Context
 from ..registry import Registry
-from .df import bad
+from .contract import bad
 from .ed import require, runtime_of
 
 if TYPE_CHECKING:
