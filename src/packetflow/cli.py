@@ -468,12 +468,7 @@ def _molecule_answer(code: int, body: dict[str, Any], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON")
 def molecule_status(molecule_id: str, url: str, as_json: bool) -> None:
     """Show a molecule's state (exit 1 if the gateway knows no such molecule)."""
-    try:
-        code, body = _molecule_http("GET", url, molecule_id)
-    except OSError as exc:
-        click.echo(f"cannot reach {http_base(url)}: {exc}", err=True)
-        sys.exit(2)
-    _molecule_answer(code, body, as_json)
+    _molecule_request("GET", url, molecule_id, as_json)
 
 
 @molecule.command("abort")
@@ -482,8 +477,12 @@ def molecule_status(molecule_id: str, url: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the final state as JSON")
 def molecule_abort(molecule_id: str, url: str, as_json: bool) -> None:
     """Abort a running molecule (exit 1 if it is unknown or already finished)."""
+    _molecule_request("DELETE", url, molecule_id, as_json)
+
+
+def _molecule_request(method: str, url: str, molecule_id: str, as_json: bool) -> None:
     try:
-        code, body = _molecule_http("DELETE", url, molecule_id)
+        code, body = _molecule_http(method, url, molecule_id)
     except OSError as exc:
         click.echo(f"cannot reach {http_base(url)}: {exc}", err=True)
         sys.exit(2)
