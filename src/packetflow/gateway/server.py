@@ -16,7 +16,7 @@ import signal
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,12 +25,11 @@ import aiohttp
 import msgspec
 from aiohttp import WSMsgType, web
 
-from ..protocol import routing
+from ..protocol import failover, routing
 from ..protocol.affinity import AffinityLearner
 from ..protocol.chemistry import STANDARD_MATRIX, STANDARD_MATRIX_VERSION
 from ..protocol.deadlines import DeadlineWheel
 from ..protocol.errors import (
-    GatewayTimeout,
     InvalidPacket,
     LowAffinity,
     NoReactorAvailable,
@@ -54,7 +53,6 @@ from ..protocol.messages import (
     Message,
     Result,
     ResultPayload,
-    RoutingPreferences,
     Submit,
     binary_frame_error,
     decode_frame,
@@ -89,9 +87,6 @@ DEFAULT_MAX_QUEUE = 100_000
 # The gateway's own timer fires this long after a packet's deadline, so the reactor's
 # PF005 "timeout" (which says more) normally arrives first.
 DEADLINE_SLACK_S = 0.25
-# Codes a reactor answers that mean "not here" rather than "this packet is bad": the
-# gateway tries another reactor at once instead of relaying them.
-REROUTE_CODES = frozenset({"PF003", "PF004", "PF503"})
 
 
 # Packet stories kept for GET /v1/packets/{id} (DESIGN §4); oldest evicted first (§6 caps).
@@ -383,7 +378,7 @@ class Gateway:
                 target.send(_recorrelate(seen.outcome, msg, target))
             return
         if msg.ttl == 0:
-            self.answer_error(target, _ttl_expired(packet_id), msg.message_id, packet_id,
+            self.answer_error(target, failover.ttl_expired(packet_id), msg.message_id, packet_id,
                               msg.source_id)  # fmt: skip
             return
         destination = msg.destination_id
@@ -459,11 +454,9 @@ class Gateway:
                 ))  # fmt: skip
                 return
         prefs = flight.msg.payload.routing_preferences
-        if flight.tried:
-            prefs = _avoiding(
-                prefs, flight.tried, self.registry.candidates(packet.group, packet.element)
-            )
         candidates = self.registry.candidates(packet.group, packet.element)
+        if flight.tried:
+            prefs = failover.avoiding_tried(prefs, flight.tried, (r.reactor_id for r in candidates))
         monitor = self.monitor
         for _ in range(8):
             self._rr += 1
@@ -478,7 +471,9 @@ class Gateway:
             if monitor.admits(record):  # a half-open breaker admits a few trials only
                 self._send(flight, record, decision)
                 return
-            prefs = _avoiding(prefs, {record.reactor_id}, candidates)
+            prefs = failover.avoiding_tried(
+                prefs, {record.reactor_id}, (r.reactor_id for r in candidates)
+            )
         if isinstance(decision, routing.Chosen | routing.MustWait):
             self._enqueue(flight)
         elif isinstance(decision, routing.BelowMinimumAffinity):
@@ -566,7 +561,7 @@ class Gateway:
         if flight.ttl_deadline is not None:
             ttl_left = int((flight.ttl_deadline - now) * 1000)
             if ttl_left <= 0:
-                self._fail(flight, _ttl_expired(flight.packet_id))
+                self._fail(flight, failover.ttl_expired(flight.packet_id))
                 return
         timeout_left = int((flight.deadline - now) * 1000)
         if timeout_left <= 0:
@@ -641,16 +636,12 @@ class Gateway:
     def _queued_expired(self, flight: Flight) -> None:
         if not self._unqueue(flight):
             return
-        if flight.ttl_deadline is not None and flight.ttl_deadline <= flight.deadline:
-            self._fail(flight, _ttl_expired(flight.packet_id))
-            return
         packet = flight.admitted.packet
-        self._fail(flight, Overloaded(
-            f"No reactor slot for {packet.group}:{packet.element} freed before the packet's "
-            "deadline",
-            retry_delay_ms=1000,
-            context={"queued_ms": round((time.monotonic() - flight.received) * 1000),
-                     "queue_depth": self.queued},
+        self._fail(flight, failover.no_slot_in_time(
+            flight.packet_id, packet.group, packet.element,
+            ttl_bound=failover.ttl_is_binding(flight.ttl_deadline, flight.deadline),
+            queued_ms=round((time.monotonic() - flight.received) * 1000),
+            queue_depth=self.queued,
         ))  # fmt: skip
 
     def _drain_waiting(self, record: ReactorRecord) -> None:
@@ -706,13 +697,15 @@ class Gateway:
         """A reactor answered ERROR: try elsewhere, retry with backoff, or relay it."""
         code = payload.error_code
         self.monitor.packet_finished(record, code)
-        if code in REROUTE_CODES and self._has_alternative(flight):
+        action = failover.on_reactor_error(code, payload.retry_possible,
+                                           self._has_alternative(flight))  # fmt: skip
+        if action == "reroute":
             self._retrying(flight)
             self.dispatch(flight)  # "not here": another reactor at once
+        elif action == "retry" and self._schedule_retry(flight, code):
             return
-        if payload.retry_possible and self._schedule_retry(flight, code):
-            return
-        self._relay_error(flight, payload)
+        else:
+            self._relay_error(flight, payload)
 
     def _schedule_retry(self, flight: Flight, code: str) -> bool:
         """§10.3.1 exponential backoff with jitter, within the packet's deadline and the
@@ -846,14 +839,11 @@ class Gateway:
         self._fail_deadline(flight)
 
     def _fail_deadline(self, flight: Flight) -> None:
-        if flight.ttl_deadline is not None and flight.ttl_deadline <= flight.deadline:
-            self._fail(flight, _ttl_expired(flight.packet_id))
-            return
-        self._fail(flight, GatewayTimeout(
-            f"Packet {flight.packet_id} got no reply within its timeout "
-            f"({flight.admitted.timeout_ms} ms)",
-            details={"reason": "timeout", "timeout_ms": flight.admitted.timeout_ms},
-            context={"reactor_id": flight.reactor.reactor_id if flight.reactor else None},
+        self._fail(flight, failover.no_reply_in_time(
+            flight.packet_id,
+            ttl_bound=failover.ttl_is_binding(flight.ttl_deadline, flight.deadline),
+            timeout_ms=flight.admitted.timeout_ms,
+            reactor_id=flight.reactor.reactor_id if flight.reactor else None,
         ))  # fmt: skip
 
     def _has_alternative(self, flight: Flight) -> bool:
@@ -1033,24 +1023,6 @@ class Gateway:
             "queued": self.queued,
             "affinity_matrix_version": self.matrix_version,
         }
-
-
-def _ttl_expired(packet_id: str) -> GatewayTimeout:
-    return GatewayTimeout(
-        f"Packet {packet_id}'s TTL ran out before it could be forwarded",
-        field="ttl",
-        details={"reason": "ttl_expired"},
-    )
-
-
-def _avoiding(
-    prefs: RoutingPreferences | None, tried: set[str], candidates: Iterable[ReactorRecord]
-) -> RoutingPreferences | None:
-    """Preferences that also avoid reactors already tried, while any untried one remains."""
-    if not any(r.reactor_id not in tried for r in candidates):
-        return prefs
-    base = prefs or RoutingPreferences()
-    return msgspec.structs.replace(base, avoid_reactors=[*base.avoid_reactors, *tried])
 
 
 def _recorrelate(frame: bytes, msg: Submit, target: ReplyTarget) -> bytes:
