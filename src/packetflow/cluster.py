@@ -1,7 +1,7 @@
 """``packetflow up``: a supervisor for a local cluster of child processes.
 
 Children run in their own session so a terminal's Ctrl-C reaches only this supervisor,
-which then stops reactors first and the gateway last; on Linux each child also gets
+which then stops the reactors and then the gateway; on Linux each child also gets
 PR_SET_PDEATHSIG so none outlives a supervisor that was killed outright.
 """
 
@@ -150,6 +150,7 @@ def run_cluster(*, host: str, port: int, data_dir: Path, log_level: str | None) 
             time.sleep(0.2)
         return 0
     finally:
+        # Reactors first: each drains and withdraws from the gateway before it exits.
         stop_all(reactors)
         stop_all([gateway])
         print("packetflow up: stopped", flush=True)

@@ -341,3 +341,16 @@ def test_silent_reactor_leaves_the_registry(cluster: Cluster) -> None:
     # Alive again, it sees its work link closed and announces itself anew.
     wait_for(lambda: Cluster.health_of(gateway, "quiet") == "healthy", 15, "return")
     assert whoami(gateway.url, "cf") == "quiet"
+
+
+def test_a_stopping_reactor_withdraws_and_the_gateway_drops_it(cluster: Cluster) -> None:
+    """A reactor stopped with SIGTERM drains, sends DISCOVER withdraw, and leaves the
+    registry at once (no waiting for departure, no failover)."""
+    gateway = cluster.gateway()
+    leaving = cluster.reactor(gateway, "--id", "leaving")
+    cluster.reactor(gateway, "--id", "staying")
+    leaving.proc.terminate()
+    assert leaving.proc.wait(10) == 0
+    wait_for(lambda: Cluster.health_of(gateway, "leaving") is None, 10, "withdrawal")
+    assert Cluster.health_of(gateway, "staying") == "healthy"
+    assert whoami_ping(gateway) == "staying"

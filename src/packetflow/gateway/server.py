@@ -223,6 +223,7 @@ class Gateway:
         self._discovery: list[Any] = []  # listeners with an async close()
         self.port = self.config.port
         self.started = time.monotonic()
+        self.stopping = False
         from .coordinator import MoleculeCoordinator
 
         self.coordinator = MoleculeCoordinator(self)
@@ -260,6 +261,10 @@ class Gateway:
                  self.port)  # fmt: skip
 
     async def stop(self) -> None:
+        self.stopping = True  # from here on, a lost link is expected and nothing is re-dialled
+        for record in self.registry:
+            if record.link is not None:
+                record.link.closing = True
         await self.coordinator.stop()
         await self.monitor.stop()
         for listener in self._discovery:
@@ -302,7 +307,10 @@ class Gateway:
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=SOCKET_MAX_MSG, decode_text=False,
                                    compress=True, heartbeat=None)  # fmt: skip
-        stream = await ws.prepare(request)
+        try:
+            stream = await ws.prepare(request)
+        except ConnectionResetError:  # the client left during the handshake
+            return ws
         peer = Peer(ws, f"gateway<-{request.remote}", stream)
         self._peers.add(peer)
         try:
@@ -876,10 +884,17 @@ class Gateway:
             self._reply_discover(peer, msg, accepted=True)
         elif kind == "query":
             self._reply_discover(peer, msg, accepted=None)
+        elif kind == "withdraw":
+            info = msg.payload.reactor_info
+            leaving = self.registry.get(info.reactor_id) if info is not None else None
+            if leaving is not None:
+                log.info("reactor %s withdrew", leaving.reactor_id)
+                self.depart(leaving)
+            self._reply_discover(peer, msg, accepted=leaving is not None)
         else:
             self.answer_error(peer, InvalidPacket(
                 f"discovery_type {kind!r} is answered, not sent, to a gateway",
-                field="payload.discovery_type", expected_type="announce or query",
+                field="payload.discovery_type", expected_type="announce, query or withdraw",
                 received_type=kind, validation_rule="enum",
             ), msg.message_id, None, msg.source_id)  # fmt: skip
 
@@ -916,7 +931,7 @@ class Gateway:
             version=info.version, source=source, last_seen=time.monotonic(),
             announce=msgspec.to_builtins(payload),
         ))  # fmt: skip
-        if (record.link is None or not record.link.up) and not record.dialing:
+        if (record.link is None or not record.link.up) and not record.dialing and not self.stopping:
             record.dialing = True
             self._spawn(self._dial(record))
         return record
@@ -955,7 +970,7 @@ class Gateway:
     def on_link_lost(self, record: ReactorRecord, link: ReactorLink) -> None:
         """DESIGN §2: losing the work connection marks the reactor failed at once and
         fails over its in-flight packets."""
-        if record.link is not link or link.closing:
+        if record.link is not link or link.closing or self.stopping:
             return
         record.link = None
         self.monitor.connection_lost(record)
@@ -965,7 +980,8 @@ class Gateway:
             self._reroute(flight, f"reactor {record.reactor_id} connection lost")
 
     def depart(self, record: ReactorRecord) -> None:
-        """The reactor left (silent past departure_after_s): drop it, fail over its work."""
+        """The reactor left (withdrew, or silent past departure_after_s): drop it and fail
+        over whatever it still had."""
         if self.registry.remove(record.reactor_id) is None:
             return
         self.monitor.forget(record.reactor_id)

@@ -29,6 +29,7 @@ from ..protocol.messages import (
     FrameError,
     Heartbeat,
     HeartbeatPayload,
+    ReactorInfo,
     Submit,
     binary_frame_error,
     decode_frame,
@@ -44,6 +45,8 @@ log = logging.getLogger("packetflow.reactor")
 # aiohttp closes the socket above this; frames between MAX_FRAME_BYTES and this get PF001
 # and the connection stays usable (DESIGN §3).
 SOCKET_MAX_MSG = 4 * MAX_FRAME_BYTES
+# How long a stopping reactor waits for the gateway to acknowledge its withdraw.
+WITHDRAW_TIMEOUT_S = 2.0
 
 
 class Reactor:
@@ -157,6 +160,7 @@ class Reactor:
         rt = self.runtime
         if rt is not None:
             await rt.drain(self.config.grace_s if grace_s is None else grace_s)
+            await self._withdraw()
         for peer in list(self._peers):
             await peer.flush(1.0)
         for task in self._tasks:
@@ -240,6 +244,22 @@ class Reactor:
         log.info("reactor %s announced to %s (%s)", self.reactor_id, client.url,
                  type(reply).__name__)  # fmt: skip
 
+    async def _withdraw(self) -> None:
+        """Tell the gateway we are leaving (DISCOVER withdraw) so it drops us on purpose
+        instead of reporting a lost reactor; best effort, bounded."""
+        rt = self.runtime
+        client = rt.gateway if rt is not None else None
+        if client is None or not client.connected:
+            return
+        msg = Discover(**client.envelope_fields(), payload=DiscoverPayload(
+            discovery_type="withdraw",
+            reactor_info=ReactorInfo(reactor_id=self.reactor_id),
+        ))  # fmt: skip
+        try:
+            await client.request(msg, WITHDRAW_TIMEOUT_S)
+        except (PacketFlowError, OSError, TimeoutError) as exc:
+            log.debug("reactor %s: withdraw not acknowledged: %s", self.reactor_id, exc)
+
     def _shutdown_requested(self, grace_s: float) -> None:
         asyncio.get_running_loop().create_task(self.stop(grace_s))
 
@@ -278,7 +298,10 @@ class Reactor:
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=SOCKET_MAX_MSG, decode_text=False,
                                    compress=True, heartbeat=None)  # fmt: skip
-        stream = await ws.prepare(request)
+        try:
+            stream = await ws.prepare(request)
+        except ConnectionResetError:  # the peer left during the handshake
+            return ws
         peer = Peer(ws, f"reactor<-{request.remote}", stream)
         peer.remote_id = request.query.get("source_id")
         self._peers.add(peer)
