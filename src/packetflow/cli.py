@@ -125,6 +125,13 @@ def gateway(ctx: click.Context, host: str, port: int, gateway_id: str | None,
     type=float,
     help="Seconds between HEARTBEATs",
 )
+@click.option(
+    "--announce-interval",
+    default=60.0,
+    show_default=True,
+    type=float,
+    help="Seconds between capability re-announcements (0: only on connect)",
+)
 @click.option("--data-dir", default="data", show_default=True, help="Files df:load/df:save see")
 @click.option("--locality", default=None, help="Locality label for routing hints")
 @click.option(
@@ -143,7 +150,8 @@ def gateway(ctx: click.Context, host: str, port: int, gateway_id: str | None,
 @click.pass_context
 def reactor(ctx: click.Context, gateway_url: str | None, specializations: tuple[str, ...],
             host: str, port: int, reactor_id: str | None, implementation: str,
-            max_concurrent: int | None, heartbeat_interval: float, data_dir: str,
+            max_concurrent: int | None, heartbeat_interval: float, announce_interval: float,
+            data_dir: str,
             locality: str | None, grace: float, modules: tuple[str, ...], multicast: bool,
             dnssd: bool, multicast_group: str, multicast_port: int) -> None:  # fmt: skip
     """Run a reactor: a worker serving every standard element."""
@@ -155,6 +163,7 @@ def reactor(ctx: click.Context, gateway_url: str | None, specializations: tuple[
         reactor_id=reactor_id, specializations=specializations or ("general_purpose",),
         gateway=gateway_url, host=host, port=port, implementation=implementation,
         max_concurrent_packets=max_concurrent, heartbeat_interval_s=heartbeat_interval,
+        announce_interval_s=announce_interval,
         data_dir=data_dir, locality=locality, grace_s=grace, multicast=multicast,
         multicast_group=multicast_group, multicast_port=multicast_port, dnssd=dnssd,
     )  # fmt: skip

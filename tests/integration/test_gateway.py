@@ -354,3 +354,21 @@ def test_a_stopping_reactor_withdraws_and_the_gateway_drops_it(cluster: Cluster)
     wait_for(lambda: Cluster.health_of(gateway, "leaving") is None, 10, "withdrawal")
     assert Cluster.health_of(gateway, "staying") == "healthy"
     assert whoami_ping(gateway) == "staying"
+
+
+def test_announce_is_refreshed_with_measured_timings_8_2(cluster: Cluster) -> None:
+    """§8.2: the capability advertisement carries measured avg_processing_time_ms, so it
+    is re-announced periodically (--announce-interval)."""
+    gateway = cluster.gateway()
+    cluster.reactor(gateway, "--id", "timed", "--heartbeat-interval", "0.1",
+                    "--announce-interval", "0.2", *PROBE)  # fmt: skip
+    with packetflow.connect_sync(gateway.url) as pf:
+        for _ in range(5):
+            pf.submit("cf", "sleep", {"ms": 20})
+
+    def cf_timing() -> float:
+        rows = {r["reactor_id"]: r for r in gateway.get("/v1/reactors")["reactors"]}
+        support = {s["group"]: s for s in rows["timed"]["packet_support"]}
+        return float(support["cf"]["avg_processing_time_ms"])
+
+    assert wait_for(cf_timing, 10, "a re-announce with measured timings") > 0

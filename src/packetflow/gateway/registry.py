@@ -67,6 +67,8 @@ class ReactorRecord:
             "source": self.source,
             "capabilities": sorted(f"{g}:{e}" for g, e in self.capabilities),
             "performance_metrics": hb.get("performance_metrics"),
+            # §8.2 as last announced: elements per group with their measured timings.
+            "packet_support": (self.announce.get("capabilities") or {}).get("packet_support"),
         }
 
 

@@ -881,7 +881,9 @@ class Gateway:
         if kind == "announce":
             record = self.register(msg.payload, source="direct")
             peer.remote_id = record.reactor_id
-            self._reply_discover(peer, msg, accepted=True)
+            # An acknowledgement only: the registry (large with many reactors, and sent at
+            # every periodic re-announce) is what a `query` is for.
+            self._reply_discover(peer, msg, accepted=True, registry=False)
         elif kind == "query":
             self._reply_discover(peer, msg, accepted=None)
         elif kind == "withdraw":
@@ -898,14 +900,16 @@ class Gateway:
                 received_type=kind, validation_rule="enum",
             ), msg.message_id, None, msg.source_id)  # fmt: skip
 
-    def _reply_discover(self, peer: Peer, msg: Discover, *, accepted: bool | None) -> None:
+    def _reply_discover(
+        self, peer: Peer, msg: Discover, *, accepted: bool | None, registry: bool = True
+    ) -> None:
         reply = Discover(
             protocol_version=PROTOCOL_VERSION, message_id=new_message_id(),
             timestamp=now_ms(), source_id=self.gateway_id, destination_id=msg.source_id,
             sequence_id=peer.next_seq(), correlation_id=msg.message_id,
             payload=DiscoverPayload(
                 discovery_type="response", accepted=accepted,
-                reactors=[r.summary() for r in self.registry],
+                reactors=[r.summary() for r in self.registry] if registry else None,
             ),
         )  # fmt: skip
         peer.send(encode(reply))

@@ -104,6 +104,9 @@ class ReactorConfig:
     max_concurrent_packets: int = DEFAULT_MAX_CONCURRENT
     max_queue: int = DEFAULT_MAX_QUEUE
     heartbeat_interval_s: float = 5.0
+    # §8.2: the capability advertisement (with measured avg_processing_time_ms) is sent
+    # again this often over the control connection; 0 announces only on (re)connect.
+    announce_interval_s: float = 60.0
     data_dir: Path = field(default_factory=lambda: Path("data"))
     locality: str | None = None
     grace_s: float = 10.0

@@ -67,6 +67,7 @@ class Reactor:
         implementation: str = "python",
         max_concurrent_packets: int | None = None,
         heartbeat_interval_s: float = 5.0,
+        announce_interval_s: float = 60.0,
         data_dir: str | Path = "data",
         locality: str | None = None,
         grace_s: float = 10.0,
@@ -79,6 +80,7 @@ class Reactor:
         config = ReactorConfig(
             specializations=tuple(specializations), gateway_url=gateway, host=host, port=port,
             implementation=implementation, heartbeat_interval_s=heartbeat_interval_s,
+            announce_interval_s=announce_interval_s,
             data_dir=Path(data_dir), locality=locality, grace_s=grace_s,
         )  # fmt: skip
         if reactor_id:
@@ -276,9 +278,20 @@ class Reactor:
         asyncio.get_running_loop().create_task(restart())
 
     async def _heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_announce = loop.time() + self.config.announce_interval_s
         while True:
             await asyncio.sleep(self.config.heartbeat_interval_s)
             self.send_heartbeats()
+            rt = self.runtime
+            interval = self.config.announce_interval_s
+            if interval > 0 and loop.time() >= next_announce:
+                next_announce = loop.time() + interval
+                if rt is not None and rt.gateway is not None and rt.gateway.connected:
+                    try:  # refreshes the §8.2 advertisement with what was measured since
+                        await self._announce(rt.gateway)
+                    except (PacketFlowError, OSError, TimeoutError) as exc:
+                        log.info("reactor %s: re-announce failed: %s", self.reactor_id, exc)
 
     def send_heartbeats(self) -> None:
         rt = self.runtime
