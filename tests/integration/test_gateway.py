@@ -167,8 +167,11 @@ def test_unresponsive_reactor_degrades_fails_and_recovers_9_3(cluster: Cluster) 
     finally:
         os.kill(reactor.proc.pid, signal.SIGCONT)
     wait_for(lambda: reached("recovery"), 15, "recovery")
-    wait_for(lambda: reached("healthy"), 20, "healthy again")
-    assert seen == ["healthy", "degraded", "failed", "recovery", "healthy"]
+    wait_for(lambda: reached("healthy"), 30, "healthy again")
+    assert seen[:4] == ["healthy", "degraded", "failed", "recovery"]
+    # A probe sent while it was stopped may still time out just after it woke: §9.4.2 sends
+    # a failure during recovery back to failed, and it recovers again.
+    assert set(seen[4:-1]) <= {"failed", "recovery"} and seen[-1] == "healthy"
     assert whoami_ping(gateway) == "sleepy"
 
 
