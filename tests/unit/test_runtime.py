@@ -298,6 +298,7 @@ async def test_handler_that_swallows_its_cancellation_is_still_answered_once(
     h: Harness,
 ) -> None:
     release = asyncio.Event()
+    returned = asyncio.Event()
 
     @h.element("df", "stubborn")
     async def stubborn(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
@@ -305,6 +306,7 @@ async def test_handler_that_swallows_its_cancellation_is_still_answered_once(
             # A bad handler: it carries on regardless of its cancellation.
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(0.01)
+        returned.set()
         return {"late": True}
 
     rt = h.start()
@@ -314,7 +316,9 @@ async def test_handler_that_swallows_its_cancellation_is_still_answered_once(
     assert rt.in_flight == 0  # its slot is free although the handler still runs
     await h.ping()
     release.set()
-    await asyncio.sleep(0.05)  # let the stubborn handler return: it must not reply again
+    await asyncio.wait_for(returned.wait(), WAIT_S)
+    for _ in range(5):  # let the runtime see the late return: it must not reply again
+        await asyncio.sleep(0)
     assert [f["correlation_id"] for f in h.peer.frames].count(mid) == 1
 
 
