@@ -13,16 +13,13 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from packetflow.cluster import read_ready, spawn, stop_all
 from packetflow.runner import event_loop_factory
 
+from .harness import Procs, stats
 from .load import run_load
 
 # The cf:ping SUBMIT of benchmarks.__main__, with a per-run nonce in the ids: the reactor's
@@ -53,23 +50,6 @@ Frame = Callable[[int], bytes]
 def _framer(template: bytes) -> Frame:
     nonce = os.urandom(6).hex().encode()
     return lambda i: template % (nonce, i, nonce, i)
-
-
-def _start(args: list[str], module: str = "packetflow") -> tuple[subprocess.Popen[bytes], str]:
-    if module == "packetflow":
-        proc = spawn(["--log-level", "WARNING", *args], new_session=False)
-    else:
-        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE)
-    ready = read_ready(proc, 20)
-    if ready is None:
-        stop_all([proc], 2)
-        raise RuntimeError(f"{module} {args} did not start")
-    return proc, str(ready["url"])
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "runs": len(values)}  # fmt: skip
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -103,20 +83,17 @@ def _latencies_us(url: str, template: bytes, count: int) -> tuple[float, float]:
 
 def _row(figure: str, value: list[float], baseline_name: str | None,
          baseline: list[float] | None) -> dict[str, Any]:  # fmt: skip
-    v = _summary(value)
-    b = _summary(baseline) if baseline else None
+    v = stats(value)
+    b = stats(baseline) if baseline else None
     return {"figure": figure, "value": v, "baseline_name": baseline_name, "baseline": b,
             "ratio": v["median"] / b["median"] if b else None}  # fmt: skip
 
 
 def direct_rows(runs: int, count: int) -> list[dict[str, Any]]:
     """Client straight to one reactor process vs the echo, alternating run by run."""
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        echo, echo_url = _start(["echo"], "benchmarks.baselines")
-        procs.append(echo)
-        reactor, reactor_url = _start(["reactor", "--port", "0", "--max-concurrent", "256"])
-        procs.append(reactor)
+    with Procs() as procs:
+        echo_url = procs.start(["echo"], "benchmarks.baselines")
+        reactor_url = procs.start(["reactor", "--port", "0", "--max-concurrent", "256"])
         # 1,000-item transforms and one-at-a-time pings are slower per message: fewer of
         # them keep every figure's run in the same few seconds.
         transform_count = max(50, count // 10)
@@ -144,8 +121,6 @@ def direct_rows(runs: int, count: int) -> list[dict[str, Any]]:
             _row("cf:ping direct, 1 in flight, p99 latency (µs)", pf["p99"], echo_name,
                  base["p99"]),
         ]  # fmt: skip
-    finally:
-        stop_all(procs, 5)
 
 
 # ---------------------------------------------------------------- in-process overhead

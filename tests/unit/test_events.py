@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from packetflow.protocol.errors import PacketFlowError
 from packetflow.protocol.events import (
     MAX_TOPIC_LENGTH,
     BarrierTable,
@@ -19,16 +18,9 @@ from packetflow.protocol.events import (
     validate_topic,
 )
 
+from .expect import fails
+
 D = "payload.packet.data"
-
-
-def fails(call, code: str, field: str | None = None) -> PacketFlowError:
-    with pytest.raises(PacketFlowError) as info:
-        call()
-    assert info.value.code == code, (info.value.code, info.value.message)
-    if field is not None:
-        assert info.value.field == field
-    return info.value
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from packetflow.protocol.queueing import PriorityQueue
+from packetflow.protocol.queueing import PriorityQueue, first_among
 
 
 def test_highest_priority_first_then_oldest() -> None:
@@ -40,3 +42,21 @@ def test_pop_order_matches_sorted_order(ops: list[tuple[int, bool]]) -> None:
             q.remove(entry)
     assert len(q) == len(kept)
     assert [q.pop() for _ in kept] == [i for _, i in sorted(kept)]
+
+
+def test_first_among_picks_priority_then_age_across_queues_sharing_an_order() -> None:
+    """DESIGN §5: a freed slot takes the highest-priority, then oldest, packet among the
+    elements the reactor serves. Ages compare only with a shared arrival order."""
+    order = itertools.count()
+    queues: dict[str, PriorityQueue[str]] = {
+        "cf:ping": PriorityQueue(10, order),
+        "df:map": PriorityQueue(10, order),
+        "mc:learn": PriorityQueue(10, order),
+    }
+    queues["df:map"].push("old-df", 5)
+    queues["cf:ping"].push("new-cf", 5)
+    queues["mc:learn"].push("urgent-mc", 9)
+    assert first_among(queues, {"cf:ping", "df:map", "mc:learn"}) == "mc:learn"
+    assert first_among(queues, {"cf:ping", "df:map"}) == "df:map"  # same priority: older
+    assert first_among(queues, {"cf:ping"}) == "cf:ping"
+    assert first_among(queues, {"rm:scale"}) is None

@@ -14,16 +14,9 @@ from packetflow.protocol.resources import (
     ResourceLedger,
 )
 
+from .expect import fails
+
 D = "payload.packet.data"
-
-
-def fails(call, code: str, field: str | None = None) -> PacketFlowError:
-    with pytest.raises(PacketFlowError) as info:
-        call()
-    assert info.value.code == code, (info.value.code, info.value.message)
-    if field is not None:
-        assert info.value.field == field
-    return info.value
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import random
 import signal
@@ -60,7 +61,7 @@ from ..protocol.messages import (
     encode,
     error_envelope,
 )
-from ..protocol.queueing import PriorityQueue, QueueEntry
+from ..protocol.queueing import PriorityQueue, QueueEntry, first_among
 from ..protocol.relay import Admitted, admit_packet, client_result, forward_submit
 from ..protocol.retry import (
     DEFAULT_RETRY_POLICY,
@@ -206,6 +207,8 @@ class Gateway:
         self.pending: dict[str, Flight] = {}
         self.waiting: dict[tuple[str, str], PriorityQueue[Flight]] = {}
         self.queued = 0
+        # One arrival order for every waiting queue, so "oldest first" holds across them.
+        self._arrivals = itertools.count()
         self.window: IdempotencyWindow[bytes, tuple[Submit, ReplyTarget]] = IdempotencyWindow()
         self.metrics = GatewayMetrics()
         self.monitor = HealthMonitor(self, self.config.health)
@@ -614,7 +617,7 @@ class Gateway:
             return
         queue = self.waiting.get(key)
         if queue is None:
-            queue = self.waiting[key] = PriorityQueue(self.config.max_queue)
+            queue = self.waiting[key] = PriorityQueue(self.config.max_queue, self._arrivals)
         flight.entry = queue.push(flight, flight.admitted.priority)
         flight.queue_key = key
         self._advance(flight, PacketEvent.ENQUEUED)
@@ -659,19 +662,10 @@ class Gateway:
             and record.in_flight < record.capacity
             and record.health in routing.ROUTABLE
         ):
-            best: tuple[int, int, tuple[str, str]] | None = None
-            for key, queue in self.waiting.items():
-                if key not in record.capabilities:
-                    continue
-                head = queue.peek()
-                if head is None or head.entry is None:
-                    continue
-                rank = (-head.entry.priority, head.entry.seq, key)
-                if best is None or rank < best:
-                    best = rank
-            if best is None:
+            key = first_among(self.waiting, record.capabilities)
+            if key is None:
                 return
-            flight = self.waiting[best[2]].peek()
+            flight = self.waiting[key].peek()
             assert flight is not None
             self._unqueue(flight)
             if flight.timer is not None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeGuard
 
 from .chemistry import GROUPS, Group
-from .errors import InvalidMessage, invalid_field
+from .errors import InvalidMessage, invalid_field, json_type
 from .messages import (
     PROTOCOL_VERSION,
     SUPPORTED_MAJOR,
@@ -266,16 +266,16 @@ def _parse_announcement(ann: Mapping[str, Any], path: str) -> Advertisement:
     caps_value = _required(ann, "capabilities", path)
     if not _is_list(caps_value):
         raise invalid_field(f"{path}.capabilities", "array of \"group:element\"",
-                            _kind(caps_value), "type")  # fmt: skip
+                            json_type(caps_value), "type")  # fmt: skip
     capabilities = _capabilities(caps_value, f"{path}.capabilities")
     load = _unit(_required(ann, "load_factor", path), f"{path}.load_factor")
     accepts = _required(ann, "accepts_connections", path)
     if not isinstance(accepts, bool):
-        raise invalid_field(f"{path}.accepts_connections", "bool", _kind(accepts), "type")
+        raise invalid_field(f"{path}.accepts_connections", "bool", json_type(accepts), "type")
     endpoints = _endpoints(_required(ann, "endpoints", path), f"{path}.endpoints")
     specs_value = ann.get("specializations", list(DEFAULT_SPECIALIZATIONS))
     if not _is_list(specs_value):
-        raise invalid_field(f"{path}.specializations", "array of strings", _kind(specs_value),
+        raise invalid_field(f"{path}.specializations", "array of strings", json_type(specs_value),
                             "type")  # fmt: skip
     specializations = _names(specs_value, f"{path}.specializations")
     capacity = _capacity(ann.get("max_capacity", DEFAULT_CAPACITY), f"{path}.max_capacity")
@@ -401,22 +401,6 @@ def discovery_interface(host: str) -> str | None:
 # ---------------------------------------------------------------- field checks
 
 
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "str"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, Mapping):
-        return "object"
-    return type(value).__name__
-
-
 def _is_list(value: object) -> TypeGuard[list[Any] | tuple[Any, ...]]:
     return isinstance(value, list | tuple)
 
@@ -429,7 +413,7 @@ def _required(obj: Mapping[str, Any], key: str, path: str) -> Any:
 
 def _identifier(value: object, path: str) -> str:
     if not isinstance(value, str):
-        raise invalid_field(path, "string", _kind(value), "type")
+        raise invalid_field(path, "string", json_type(value), "type")
     if not 1 <= len(value) <= MAX_ID_LEN or not value.isprintable():
         raise invalid_field(path, f"printable string of 1-{MAX_ID_LEN} chars",
                             f"string of {len(value)} chars", "length")  # fmt: skip
@@ -454,7 +438,7 @@ def _capabilities(values: Sequence[object], path: str) -> tuple[tuple[Group, str
     for index, value in enumerate(values):
         item_path = f"{path}[{index}]"
         if not isinstance(value, str):
-            raise invalid_field(item_path, '"group:element"', _kind(value), "type")
+            raise invalid_field(item_path, '"group:element"', json_type(value), "type")
         group, sep, element = value.partition(":")
         if not sep or not _is_group(group) or not ELEMENT_NAME.match(element):
             raise invalid_field(item_path, _CAP_EXPECTED, repr(value), "pattern")
@@ -471,7 +455,7 @@ def _number(text: str, path: str) -> float:
 
 def _unit(value: object, path: str) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool):
-        raise invalid_field(path, "number 0.0-1.0", _kind(value), "type")
+        raise invalid_field(path, "number 0.0-1.0", json_type(value), "type")
     if not 0.0 <= value <= 1.0:  # also refuses NaN
         raise invalid_field(path, "number 0.0-1.0", repr(value), "range")
     return float(value)
@@ -479,7 +463,7 @@ def _unit(value: object, path: str) -> float:
 
 def _capacity(value: object, path: str) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool):
-        raise invalid_field(path, "positive number", _kind(value), "type")
+        raise invalid_field(path, "positive number", json_type(value), "type")
     if not (value > 0 and math.isfinite(value)):
         raise invalid_field(path, "positive number", repr(value), "range")
     return float(value)
@@ -487,7 +471,7 @@ def _capacity(value: object, path: str) -> float:
 
 def _endpoints(value: object, path: str, *, websocket_path: str | None = None) -> dict[str, str]:
     if not isinstance(value, Mapping):
-        raise invalid_field(path, "object", _kind(value), "type")
+        raise invalid_field(path, "object", json_type(value), "type")
     if len(value) > MAX_LIST_ITEMS:
         raise invalid_field(path, f"<= {MAX_LIST_ITEMS} entries", f"{len(value)} entries",
                             "length")  # fmt: skip
@@ -495,7 +479,7 @@ def _endpoints(value: object, path: str, *, websocket_path: str | None = None) -
     for key, url in value.items():
         item_path = f"{path}.{key}"
         if not isinstance(key, str) or not isinstance(url, str):
-            raise invalid_field(item_path, "string URL", _kind(url), "type")
+            raise invalid_field(item_path, "string URL", json_type(url), "type")
         if len(url) > MAX_URL_LEN:
             raise invalid_field(item_path, f"URL of <= {MAX_URL_LEN} chars",
                                 f"{len(url)} chars", "length")  # fmt: skip

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator
+from collections.abc import Container, Iterator, Mapping
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 class QueueEntry(Generic[T]):
@@ -33,11 +34,12 @@ class PriorityQueue(Generic[T]):
     """Highest priority first, oldest first within a priority; at most ``capacity`` live
     entries. ``push`` returns None when full (the caller answers PF004)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, order: Iterator[int] | None = None) -> None:
+        """``order`` numbers arrivals; queues sharing one can be compared by age."""
         self.capacity = capacity
         self._heap: list[QueueEntry[T]] = []
         self._live = 0
-        self._seq = itertools.count()
+        self._seq = order if order is not None else itertools.count()
 
     def __len__(self) -> int:
         return self._live
@@ -59,10 +61,14 @@ class PriorityQueue(Generic[T]):
                 return entry.item
         return None
 
-    def peek(self) -> T | None:
+    def head(self) -> QueueEntry[T] | None:
         while self._heap and not self._heap[0].alive:
             heapq.heappop(self._heap)
-        return self._heap[0].item if self._heap else None
+        return self._heap[0] if self._heap else None
+
+    def peek(self) -> T | None:
+        entry = self.head()
+        return entry.item if entry is not None else None
 
     def remove(self, entry: QueueEntry[T]) -> bool:
         """Drop ``entry`` if still queued; True when it was."""
@@ -76,3 +82,16 @@ class PriorityQueue(Generic[T]):
 
     def __iter__(self) -> Iterator[T]:
         return (e.item for e in sorted(self._heap) if e.alive)
+
+
+def first_among(queues: Mapping[K, PriorityQueue[T]], allowed: Container[K]) -> K | None:
+    """The key of the queue, among those ``allowed``, whose head goes first: highest
+    priority, then oldest. Ages compare across queues that share one ``order``."""
+    best: tuple[QueueEntry[T], K] | None = None
+    for key, queue in queues.items():
+        if key not in allowed:
+            continue
+        head = queue.head()
+        if head is not None and (best is None or head < best[0]):
+            best = (head, key)
+    return best[1] if best is not None else None

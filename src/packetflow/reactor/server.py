@@ -272,8 +272,7 @@ class Reactor:
             await rt.drain(self.config.grace_s)
             rt.clear_caches()
             rt.draining = False
-            if rt.gateway is not None and rt.gateway.connected:
-                await self._announce(rt.gateway)
+            await self._announce_again()
 
         asyncio.get_running_loop().create_task(restart())
 
@@ -283,15 +282,10 @@ class Reactor:
         while True:
             await asyncio.sleep(self.config.heartbeat_interval_s)
             self.send_heartbeats()
-            rt = self.runtime
             interval = self.config.announce_interval_s
             if interval > 0 and loop.time() >= next_announce:
                 next_announce = loop.time() + interval
-                if rt is not None and rt.gateway is not None and rt.gateway.connected:
-                    try:  # refreshes the §8.2 advertisement with what was measured since
-                        await self._announce(rt.gateway)
-                    except (PacketFlowError, OSError, TimeoutError) as exc:
-                        log.info("reactor %s: re-announce failed: %s", self.reactor_id, exc)
+                await self._announce_again()  # §8.2 with what was measured since
 
     def send_heartbeats(self) -> None:
         rt = self.runtime
@@ -342,17 +336,18 @@ class Reactor:
         """The gateway closed its work connection while ours to it may still be up (it
         dropped us as silent, or the link broke): announce again so it dials back."""
         rt = self.runtime
-        if rt is None or rt.draining or rt.gateway is None or not rt.gateway.connected:
+        if rt is not None and not rt.draining:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._announce_again()))
+
+    async def _announce_again(self) -> None:
+        """Re-send the announce over the control connection, if it is up; best effort."""
+        rt = self.runtime
+        if rt is None or rt.gateway is None or not rt.gateway.connected:
             return
-
-        async def announce_again() -> None:
-            assert rt.gateway is not None
-            try:
-                await self._announce(rt.gateway)
-            except (PacketFlowError, OSError, TimeoutError) as exc:
-                log.info("reactor %s: re-announce failed: %s", self.reactor_id, exc)
-
-        self._tasks.append(asyncio.get_running_loop().create_task(announce_again()))
+        try:
+            await self._announce(rt.gateway)
+        except (PacketFlowError, OSError, TimeoutError) as exc:
+            log.info("reactor %s: re-announce failed: %s", self.reactor_id, exc)
 
     def _on_frame(self, peer: Peer, data: bytes) -> None:
         rt = self.runtime
