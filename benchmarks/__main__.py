@@ -3,7 +3,7 @@
 Every figure is the median of several runs (min and max shown), measured in the same run
 as its baseline, with the ratio. ``--smoke`` proves the benchmarks still work (CI: tiny
 counts, one run, no thresholds); ``--full`` uses larger counts; ``--json`` prints
-machine-readable results; ``--only gateway,reactor,routing,molecules`` picks sections.
+machine-readable results; ``--only gateway,reactor,routing,molecules,memory`` picks sections.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any
 
-SECTIONS = ("gateway", "reactor", "routing", "molecules")
+SECTIONS = ("gateway", "reactor", "routing", "molecules", "memory")
 
 
 def _sections(runs: int, count: int, smoke: bool) -> dict[str, Callable[[], list[dict[str, Any]]]]:
@@ -41,7 +41,13 @@ def _sections(runs: int, count: int, smoke: bool) -> dict[str, Callable[[], list
         chains, fanout = (5, 20) if smoke else (MOLECULE_CHAINS, MOLECULE_FANOUT)
         return bench_molecules(runs, chains, fanout)
 
-    return {"gateway": gateway, "reactor": reactor, "routing": routing, "molecules": molecules}
+    def memory() -> list[dict[str, Any]]:
+        from .memory import memory_rows
+
+        return memory_rows(runs, smoke)
+
+    return {"gateway": gateway, "reactor": reactor, "routing": routing, "molecules": molecules,
+            "memory": memory}  # fmt: skip
 
 
 def _num(value: float) -> str:

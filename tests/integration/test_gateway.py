@@ -10,7 +10,9 @@ import signal
 import urllib.error
 import urllib.request
 
+import aiohttp
 import pytest
+from benchmarks.fleet import Fleet
 
 import packetflow
 from packetflow.protocol.errors import PacketFlowError
@@ -375,3 +377,26 @@ def test_announce_is_refreshed_with_measured_timings_8_2(cluster: Cluster) -> No
         return float(support["cf"]["avg_processing_time_ms"])
 
     assert wait_for(cf_timing, 10, "a re-announce with measured timings") > 0
+
+
+async def test_more_reactors_than_a_connection_pool_holds_all_link(cluster: Cluster) -> None:
+    """150 reactors announce; every one is linked, probed healthy and routable (aiohttp's
+    default pool of 100 connections once left reactor 101 registered but never linked)."""
+    gateway = cluster.gateway()
+    fleet = Fleet(150)
+    await fleet.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(gateway.url)
+            for rid in fleet.ids:
+                await ws.send_str(fleet.announce(rid).decode())
+            await asyncio.to_thread(
+                wait_for, lambda: gateway.get("/health")["healthy_reactors"] == 150, 30.0,
+                "150 linked reactors",
+            )  # fmt: skip
+            await ws.close()
+        async with packetflow.connect(gateway.url) as pf:
+            last = await pf.submit("cf", "echo", {}, destination_id=fleet.ids[-1])
+        assert last.data["reactor_id"] == fleet.ids[-1]
+    finally:
+        await fleet.stop()

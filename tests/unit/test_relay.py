@@ -10,7 +10,7 @@ from msgspec import Raw
 
 from packetflow.protocol import messages
 from packetflow.protocol.relay import (
-    admit_packet,
+    admission,
     client_result,
     forward_submit,
     remaining_ttl_ms,
@@ -41,11 +41,12 @@ def test_message_2_of_the_wire_example() -> None:
     """150 ms at the gateway: ttl 30000 → 29850, timeout capped to it, chemical
     properties attached (0.8, 0.7, 1.0, 0.56), correlated to the client's message."""
     msg = _submit()
-    admitted = admit_packet(msg, "packet_transform_001")
+    priority, _ = admission(msg)
     ttl = remaining_ttl_ms(msg.ttl, 1640995200000, 1640995200150)
     assert ttl == 29850
     out = forward_submit(
-        msg, admitted, message_id="msg_b2c3d4e5", now_ms=1640995200150, source_id="gateway-01",
+        msg, packet_id="packet_transform_001", priority=priority, message_id="msg_b2c3d4e5",
+        now_ms=1640995200150, source_id="gateway-01",
         destination_id="reactor-js-05", sequence_id=12346, ttl_ms=ttl, timeout_ms=ttl,
         affinity_score=0.87, load_factor=0.34, selection_reason="best_chemical_match",
     )  # fmt: skip
@@ -56,6 +57,7 @@ def test_message_2_of_the_wire_example() -> None:
                                      "selection_reason": "best_chemical_match"}  # fmt: skip
     packet = wire["payload"]["packet"]
     assert packet["timeout_ms"] == 29850
+    assert packet["id"] == "packet_transform_001" and packet["priority"] == 7
     assert packet["data"] == MESSAGE_1["payload"]["packet"]["data"]  # type: ignore[index]
     assert packet["chemical_properties"] == {"reactivity": 0.8, "ionization_energy": 0.7,
                                              "atomic_radius": 1.0,
@@ -69,9 +71,8 @@ def test_admit_applies_design_4_defaults() -> None:
         "payload": {"packet": {"group": "cf", "element": "ping"}},
     }).encode())  # fmt: skip
     assert isinstance(bare, messages.Submit)
-    admitted = admit_packet(bare, "p1")
-    assert (admitted.packet.id, admitted.priority, admitted.timeout_ms) == ("p1", 10, 5000)
-    assert admit_packet(msg, "x").timeout_ms == 30000
+    assert admission(bare) == (10, 5000)
+    assert admission(msg)[1] == 30000
 
 
 def test_message_4_of_the_wire_example() -> None:

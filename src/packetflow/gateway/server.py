@@ -52,6 +52,7 @@ from ..protocol.messages import (
     FrameError,
     Heartbeat,
     Message,
+    Packet,
     Result,
     ResultPayload,
     Submit,
@@ -62,7 +63,7 @@ from ..protocol.messages import (
     error_envelope,
 )
 from ..protocol.queueing import PriorityQueue, QueueEntry, first_among
-from ..protocol.relay import Admitted, admit_packet, client_result, forward_submit
+from ..protocol.relay import admission, client_result, forward_submit
 from ..protocol.retry import (
     DEFAULT_RETRY_POLICY,
     RetryBudget,
@@ -126,8 +127,9 @@ class Flight:
 
     msg: Submit
     target: ReplyTarget
-    admitted: Admitted
     packet_id: str
+    priority: int  # after DESIGN §4 defaults
+    timeout_ms: int  # after DESIGN §4 defaults and caps
     received: float  # time.monotonic()
     received_ms: int
     deadline: float
@@ -135,16 +137,21 @@ class Flight:
     reactor: ReactorRecord | None = None
     gateway_message_id: str | None = None
     choice: routing.Chosen | None = None
-    timer: asyncio.TimerHandle | None = None
-    entry: QueueEntry[Flight] | None = None
-    queue_key: tuple[str, str] | None = None
+    timer: asyncio.TimerHandle | None = None  # a §10.3.1 retry's backoff only
+    entry: QueueEntry[Flight] | None = None  # set while it waits in a queue
     deliveries: int = 0  # times a reactor died while running it (poison rule)
     retries: int = 0  # §10.3.1 retries after a retryable ERROR
-    tried: set[str] = field(default_factory=set)
+    # Reactors it was sent to, in order; a tuple since most packets have one or none
+    # (an empty set would cost 216 bytes on each of 100,000 queued packets).
+    tried: tuple[str, ...] = ()
     dispatched_at: float = 0.0
     story: PacketStory | None = None
     prefer: str | None = None  # a reactor to use when it has a slot (covalent pairs)
     pinned: str | None = None  # destination_id named this reactor: it and no other
+
+    @property
+    def packet(self) -> Packet:
+        return self.msg.payload.packet
 
 
 @dataclass(slots=True)
@@ -243,7 +250,9 @@ class Gateway:
         return app
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
+        # Each reactor link is a connection held for good: aiohttp's default pool of 100
+        # would leave the 101st reactor registered but never linked.
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
@@ -408,11 +417,12 @@ class Gateway:
                          "total_reactors": len(self.registry)},
             ), msg.message_id, packet_id, msg.source_id)  # fmt: skip
             return
-        admitted = admit_packet(msg, packet_id)
+        priority, timeout_ms = admission(msg)
         ttl_deadline = now + msg.ttl / 1000.0 if msg.ttl is not None else None
         flight = Flight(
-            msg=msg, target=target, admitted=admitted, packet_id=packet_id, received=now,
-            received_ms=now_ms(), deadline=now + admitted.timeout_ms / 1000.0,
+            msg=msg, target=target, packet_id=packet_id, priority=priority,
+            timeout_ms=timeout_ms, received=now, received_ms=now_ms(),
+            deadline=now + timeout_ms / 1000.0,
             ttl_deadline=ttl_deadline, prefer=prefer,
             pinned=pinned.reactor_id if pinned is not None else None,
         )  # fmt: skip
@@ -447,7 +457,7 @@ class Gateway:
         story.updated_ms = now_ms()
 
     def dispatch(self, flight: Flight) -> None:
-        packet = flight.admitted.packet
+        packet = flight.packet
         if flight.pinned is not None:
             self._dispatch_pinned(flight)
             return
@@ -472,7 +482,7 @@ class Gateway:
         for _ in range(8):
             self._rr += 1
             decision = self.registry.table.decide(
-                packet.group, packet.element, priority=flight.admitted.priority,
+                packet.group, packet.element, priority=flight.priority,
                 preferences=prefs, round_robin=self._rr,
             )  # fmt: skip
             if not isinstance(decision, routing.Chosen):
@@ -504,7 +514,7 @@ class Gateway:
 
     def _dispatch_pinned(self, flight: Flight) -> None:
         """destination_id named a reactor: send it there (its own queue absorbs a burst)."""
-        packet = flight.admitted.packet
+        packet = flight.packet
         record = self.registry.get(flight.pinned or "")
         if record is None or (packet.group, packet.element) not in record.capabilities:
             self._fail(flight, NoReactorAvailable(
@@ -580,7 +590,8 @@ class Gateway:
             return
         message_id = new_message_id()
         forwarded = forward_submit(
-            flight.msg, flight.admitted, message_id=message_id, now_ms=now_ms(),
+            flight.msg, packet_id=flight.packet_id, priority=flight.priority,
+            message_id=message_id, now_ms=now_ms(),
             source_id=self.gateway_id, destination_id=record.reactor_id,
             sequence_id=link.peer.next_seq(), ttl_ms=ttl_left, timeout_ms=timeout_left,
             affinity_score=choice.score, load_factor=choice.load_ratio,
@@ -589,7 +600,8 @@ class Gateway:
         flight.reactor = record
         flight.choice = choice
         flight.gateway_message_id = message_id
-        flight.tried.add(record.reactor_id)
+        if record.reactor_id not in flight.tried:
+            flight.tried += (record.reactor_id,)
         flight.dispatched_at = now
         if flight.story is not None:
             flight.story.reactor_id = record.reactor_id
@@ -607,7 +619,7 @@ class Gateway:
             record.routed_counter.inc()
 
     def _enqueue(self, flight: Flight) -> None:
-        packet = flight.admitted.packet
+        packet = flight.packet
         key = (packet.group, packet.element)
         if self.queued >= self.config.max_queue:
             self._fail(flight, Overloaded(
@@ -618,36 +630,37 @@ class Gateway:
         queue = self.waiting.get(key)
         if queue is None:
             queue = self.waiting[key] = PriorityQueue(self.config.max_queue, self._arrivals)
-        flight.entry = queue.push(flight, flight.admitted.priority)
-        flight.queue_key = key
+        flight.entry = queue.push(flight, flight.priority)
         self._advance(flight, PacketEvent.ENQUEUED)
         self.queued += 1
         self.metrics.queue_depth.set(self.queued)
+        # On the deadline wheel, as packets in flight are: an event-loop timer each would
+        # be a third of a queued packet's memory.
         limit = flight.deadline if flight.ttl_deadline is None else min(
             flight.deadline, flight.ttl_deadline
         )  # fmt: skip
-        flight.timer = asyncio.get_running_loop().call_later(
-            max(0.0, limit - time.monotonic()), self._queued_expired, flight
-        )
+        self.deadlines.add(flight, limit)
 
     def _unqueue(self, flight: Flight) -> bool:
-        if flight.entry is None or flight.queue_key is None:
+        if flight.entry is None:
             return False
-        queue = self.waiting.get(flight.queue_key)
+        packet = flight.packet
+        key = (packet.group, packet.element)
+        queue = self.waiting.get(key)
         removed = queue is not None and queue.remove(flight.entry)
         if removed:
             self.queued -= 1
             self.metrics.queue_depth.set(self.queued)
+            self.deadlines.discard(flight)
             if queue is not None and not len(queue):
-                del self.waiting[flight.queue_key]
+                del self.waiting[key]
         flight.entry = None
-        flight.queue_key = None
         return removed
 
     def _queued_expired(self, flight: Flight) -> None:
         if not self._unqueue(flight):
             return
-        packet = flight.admitted.packet
+        packet = flight.packet
         self._fail(flight, failover.no_slot_in_time(
             flight.packet_id, packet.group, packet.element,
             ttl_bound=failover.ttl_is_binding(flight.ttl_deadline, flight.deadline),
@@ -668,8 +681,6 @@ class Gateway:
             flight = self.waiting[key].peek()
             assert flight is not None
             self._unqueue(flight)
-            if flight.timer is not None:
-                flight.timer.cancel()
             self.dispatch(flight)
 
     # ------------------------------------------------------------------ replies
@@ -737,7 +748,7 @@ class Gateway:
 
     def _learn(self, flight: Flight, record: ReactorRecord, ok: bool) -> None:
         """§6.3.2: fold the observed latency and outcome into the reactor's adjustment."""
-        group = flight.admitted.packet.group
+        group = flight.packet.group
         latency_ms = (time.monotonic() - flight.dispatched_at) * 1000.0
         value = self.learner.observe(record.reactor_id, group, latency_ms, ok)
         if value != record.adjustments.get(group, 0.0):
@@ -828,10 +839,12 @@ class Gateway:
         while True:
             await asyncio.sleep(self.deadlines.resolution_s)
             for flight in self.deadlines.expired(time.monotonic()):
-                self._deadline_passed(flight)
+                if flight.entry is not None:
+                    self._queued_expired(flight)
+                else:
+                    self._deadline_passed(flight)
 
     def _deadline_passed(self, flight: Flight) -> None:
-        flight.timer = None
         if flight.gateway_message_id is None:
             return
         reactor = flight.reactor
@@ -844,12 +857,12 @@ class Gateway:
         self._fail(flight, failover.no_reply_in_time(
             flight.packet_id,
             ttl_bound=failover.ttl_is_binding(flight.ttl_deadline, flight.deadline),
-            timeout_ms=flight.admitted.timeout_ms,
+            timeout_ms=flight.timeout_ms,
             reactor_id=flight.reactor.reactor_id if flight.reactor else None,
         ))  # fmt: skip
 
     def _has_alternative(self, flight: Flight) -> bool:
-        packet = flight.admitted.packet
+        packet = flight.packet
         return any(
             r.reactor_id not in flight.tried
             for r in self.registry.candidates(packet.group, packet.element)

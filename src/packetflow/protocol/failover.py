@@ -5,7 +5,7 @@ how a retry avoids the reactors already tried (DESIGN §5, §6).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Final, Literal
 
 import msgspec
@@ -75,7 +75,7 @@ def no_reply_in_time(
 
 
 def avoiding_tried(
-    prefs: RoutingPreferences | None, tried: set[str], candidates: Iterable[str]
+    prefs: RoutingPreferences | None, tried: Collection[str], candidates: Iterable[str]
 ) -> RoutingPreferences | None:
     """DESIGN §6: a retry goes to a different reactor where one exists. The preferences
     also avoid the reactors already tried, while any untried candidate remains."""

@@ -9,7 +9,6 @@ RESULT (message 4) with processing metadata.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -19,7 +18,6 @@ from .chemistry import chemical_properties
 from .messages import (
     PROTOCOL_VERSION,
     ChemicalPropertiesWire,
-    Packet,
     Result,
     ResultPayload,
     Submit,
@@ -36,29 +34,20 @@ def remaining_ttl_ms(ttl: int | None, received_at_ms: float, now_ms: float) -> i
     return max(0, int(ttl - (now_ms - received_at_ms)))
 
 
-@dataclass(frozen=True, slots=True)
-class Admitted:
-    """A client packet after the gateway's defaults are applied (DESIGN §4)."""
-
-    packet: Packet
-    priority: int
-    timeout_ms: int
-
-
-def admit_packet(msg: Submit, packet_id: str) -> Admitted:
-    """Fill in id, priority and timeout (capped by Appendix C and the envelope TTL)."""
+def admission(msg: Submit) -> tuple[int, int]:
+    """A client packet's priority and timeout_ms after the gateway's defaults (DESIGN §4;
+    the timeout capped by Appendix C and the envelope TTL)."""
     packet = msg.payload.packet
     priority = packet.priority or msg.priority or default_priority(packet.group, packet.element)
-    timeout = effective_timeout_ms(packet.group, packet.element, packet.timeout_ms, msg.ttl)
-    if packet.id != packet_id or packet.priority != priority:
-        packet = msgspec.structs.replace(packet, id=packet_id, priority=priority)
-    return Admitted(packet, priority, timeout)
+    return priority, effective_timeout_ms(packet.group, packet.element, packet.timeout_ms,
+                                          msg.ttl)  # fmt: skip
 
 
 def forward_submit(
     msg: Submit,
-    admitted: Admitted,
     *,
+    packet_id: str,
+    priority: int,
     message_id: str,
     now_ms: int,
     source_id: str,
@@ -70,11 +59,13 @@ def forward_submit(
     load_factor: float,
     selection_reason: str,
 ) -> Submit:
-    """Message 2 of the wire example."""
-    packet = admitted.packet
-    props = chemical_properties(packet.group, admitted.priority, len(packet.dependencies))
+    """Message 2 of the wire example: the packet with its id, priority and timeout filled in."""
+    packet = msg.payload.packet
+    props = chemical_properties(packet.group, priority, len(packet.dependencies))
     forwarded = msgspec.structs.replace(
         packet,
+        id=packet_id,
+        priority=priority,
         timeout_ms=timeout_ms,
         chemical_properties=ChemicalPropertiesWire(
             props.reactivity, props.ionization_energy, props.atomic_radius,
@@ -90,7 +81,7 @@ def forward_submit(
         sequence_id=sequence_id,
         correlation_id=msg.message_id,
         ttl=ttl_ms,
-        priority=msg.priority if msg.priority is not None else admitted.priority,
+        priority=msg.priority if msg.priority is not None else priority,
         routing_hints={
             "affinity_score": round(affinity_score, 4),
             "load_factor": round(load_factor, 4),
