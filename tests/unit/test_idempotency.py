@@ -11,7 +11,7 @@ def test_running_id_collects_waiters_and_finish_returns_them() -> None:
     window.begin("p1", now=0.0)
     seen = window.lookup("p1", now=1.0)
     assert seen is not None and seen.running and seen.outcome is None
-    seen.waiters.append("second-submitter")
+    seen.join("second-submitter")
     assert window.finish("p1", "RESULT", replayable=True, now=2.0) == ["second-submitter"]
     replay = window.lookup("p1", now=3.0)
     assert replay is not None and replay.outcome == "RESULT" and not replay.running

@@ -112,6 +112,17 @@ class Harness:
         self.rt = ReactorRuntime(self.config, self.registry)
         return self.rt
 
+    def gated_hold(self) -> asyncio.Event:
+        """Register df:hold, which answers once the returned gate is set."""
+        gate = asyncio.Event()
+
+        @self.element("df", "hold")
+        async def hold(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+            await gate.wait()
+            return {}
+
+        return gate
+
     def send(self, group: str, element: str, data: dict[str, Any] | None = None,
              **kw: Any) -> str:  # fmt: skip
         assert self.rt is not None
@@ -199,13 +210,7 @@ async def test_queued_packets_run_by_priority_then_age(h: Harness) -> None:
 async def test_full_queue_answers_pf004_with_retry_delay(h: Harness) -> None:
     h.config.max_concurrent_packets = 1
     h.config.max_queue = 2
-    gate = asyncio.Event()
-
-    @h.element("df", "hold")
-    async def hold(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        await gate.wait()
-        return {}
-
+    gate = h.gated_hold()
     h.start()
     accepted = [h.send("df", "hold") for _ in range(3)]  # 1 running + 2 queued
     err = error_of(await h.call("df", "hold"))
@@ -220,13 +225,7 @@ async def test_full_queue_answers_pf004_with_retry_delay(h: Harness) -> None:
 
 async def test_packet_waiting_past_its_timeout_in_the_queue_answers_pf005(h: Harness) -> None:
     h.config.max_concurrent_packets = 1
-    gate = asyncio.Event()
-
-    @h.element("df", "hold")
-    async def hold(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        await gate.wait()
-        return {}
-
+    gate = h.gated_hold()
     h.start()
     first = h.send("df", "hold")
     err = error_of(await h.call("df", "hold", timeout_ms=100))
@@ -491,6 +490,60 @@ async def test_slow_sync_handler_runs_off_the_event_loop(h: Harness) -> None:
     assert (await h.peer.reply_to(slow))["payload"]["data"]["done"] is True
 
 
+async def test_inline_handler_runs_on_the_loop_for_small_data_only(h: Harness) -> None:
+    """inline_max_bytes: small data is answered within submit() itself, on the loop's
+    thread; larger data goes to a worker thread as any sync handler's does."""
+    threads: list[str] = []
+
+    @h.element("df", "quick", inline_max_bytes=64)
+    def quick(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        threads.append(threading.current_thread().name)
+        if data.get("boom"):
+            raise ValueError("boom")
+        return {"n": len(data.get("pad", ""))}
+
+    h.start()
+    small = h.send("df", "quick", {"pad": "x"})
+    assert [f["correlation_id"] for f in h.peer.frames] == [small]  # answered synchronously
+    assert threads == [threading.current_thread().name]
+    big = await h.call("df", "quick", {"pad": "x" * 100})
+    assert big["payload"]["data"]["n"] == 100
+    assert threads[1] != threading.current_thread().name
+    crash = error_of(await h.call("df", "quick", {"boom": True}))
+    assert crash["error_code"] == "PF005" and crash["retry_possible"] is False
+    assert h.rt is not None and not h.rt.running
+
+
+def test_inline_max_bytes_is_refused_for_async_and_cpu_bound_handlers() -> None:
+    registry = Registry()
+
+    async def handler(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return {}
+
+    with pytest.raises(ValueError, match="inline_max_bytes"):
+        registry.element("df", "a", inline_max_bytes=10)(handler)
+    with pytest.raises(ValueError, match="inline_max_bytes"):
+        registry.element("df", "b", inline_max_bytes=10, cpu_bound=True)(crunch)
+
+
+async def test_thousands_of_queued_inline_packets_start_without_deep_recursion(
+    h: Harness,
+) -> None:
+    """Queued inline packets finish inside the loop that starts them; each must not start
+    the next one a frame deeper (4,000 would overflow the stack)."""
+    h.config.max_concurrent_packets = 1
+    gate = h.gated_hold()
+    h.start()
+    held = h.send("df", "hold")
+    pings = [h.send("cf", "ping", {"echo_data": i}) for i in range(4000)]
+    assert h.rt is not None and len(h.rt.queue) == 4000
+    gate.set()
+    await h.peer.reply_to(held)
+    await h.peer.wait_until(lambda: len(h.peer.frames) == 4001, "every ping answered")
+    answered = {f["correlation_id"]: f for f in h.peer.frames}
+    assert all(answered[p]["message_type"] == "result" for p in pings)
+
+
 def crunch(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     """Module level so the process pool can import it by name."""
     return {"pid": os.getpid(), "total": sum(range(data["n"])), "packet_id": ctx.packet_id}
@@ -712,12 +765,7 @@ async def test_drain_past_grace_answers_pf503_cancelled(h: Harness, kind: str) -
 
 async def test_heartbeat_payload_carries_4_2_4_and_8_3_load_metrics(h: Harness) -> None:
     h.config.max_concurrent_packets = 1
-    gate = asyncio.Event()
-
-    @h.element("df", "hold")
-    async def hold(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        await gate.wait()
-        return {}
+    gate = h.gated_hold()
 
     @h.element("df", "boom")
     async def boom(data: dict[str, Any], ctx: Context) -> dict[str, Any]:

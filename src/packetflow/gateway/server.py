@@ -393,7 +393,7 @@ class Gateway:
         seen = self.window.lookup(packet_id, now)
         if seen is not None:
             if seen.outcome is None:
-                seen.waiters.append((msg, target))
+                seen.join((msg, target))
             else:
                 target.send(_recorrelate(seen.outcome, msg, target))
             return

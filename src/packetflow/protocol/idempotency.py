@@ -7,8 +7,9 @@ id is forgotten so it may run anew. The window is bounded in entries and in age.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
 T = TypeVar("T")
@@ -17,8 +18,11 @@ W = TypeVar("W")
 # DESIGN §4: a bounded window, default 10,000 ids / 10 min.
 DEFAULT_MAX_ENTRIES: Final = 10_000
 DEFAULT_TTL_S: Final = 600.0
-# Entries examined for expiry on each admission: amortised cleanup without a timer.
-EVICT_SCAN: Final = 16
+# Expired outcomes are swept from the oldest end at most this often (in the caller's
+# clock), up to EVICT_SCAN of them: amortised cleanup without a timer, and no per-packet
+# cost at full speed. An expired outcome is never answered (lookup checks its age).
+EVICT_EVERY_S: Final = 1.0
+EVICT_SCAN: Final = 1024
 
 
 @dataclass(slots=True)
@@ -26,11 +30,17 @@ class Entry(Generic[T, W]):
     started_at: float
     outcome: T | None = None
     finished_at: float | None = None
-    waiters: list[W] = field(default_factory=list)
+    waiters: list[W] | None = None  # made when a repeat joins: almost never
 
     @property
     def running(self) -> bool:
         return self.finished_at is None
+
+    def join(self, waiter: W) -> None:
+        """A repeat of the running packet: answered with its outcome."""
+        if self.waiters is None:
+            self.waiters = []
+        self.waiters.append(waiter)
 
 
 class IdempotencyWindow(Generic[T, W]):
@@ -42,6 +52,7 @@ class IdempotencyWindow(Generic[T, W]):
         self.max_entries = max_entries
         self.ttl_s = ttl_s
         self._entries: OrderedDict[str, Entry[T, W]] = OrderedDict()
+        self._swept_at = -math.inf
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -56,10 +67,16 @@ class IdempotencyWindow(Generic[T, W]):
         return entry
 
     def begin(self, key: str, now: float) -> Entry[T, W]:
-        entry: Entry[T, W] = Entry(started_at=now)
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
-        self._evict(now)
+        entries = self._entries
+        entry: Entry[T, W] = Entry(now)
+        if key in entries:
+            del entries[key]  # to the young end
+        entries[key] = entry
+        if len(entries) > self.max_entries:
+            # Oldest first; running entries are kept unless the table is over its cap.
+            entries.popitem(last=False)
+        if now - self._swept_at >= EVICT_EVERY_S:
+            self._evict(now)
         return entry
 
     def finish(self, key: str, outcome: T, *, replayable: bool, now: float) -> list[W]:
@@ -70,7 +87,7 @@ class IdempotencyWindow(Generic[T, W]):
         entry = self._entries.get(key)
         if entry is None:
             return []
-        waiters, entry.waiters = entry.waiters, []
+        waiters, entry.waiters = entry.waiters or [], None
         if replayable:
             entry.outcome = outcome
             entry.finished_at = now
@@ -82,11 +99,9 @@ class IdempotencyWindow(Generic[T, W]):
         self._entries.pop(key, None)
 
     def _evict(self, now: float) -> None:
-        # Oldest first; running entries are kept unless the table is over its cap. Only
-        # the oldest entries are examined, so admission stays O(1) amortised.
+        # Only the oldest entries are examined, so admission stays O(1) amortised.
+        self._swept_at = now
         entries = self._entries
-        while len(entries) > self.max_entries:
-            entries.popitem(last=False)
         for _ in range(EVICT_SCAN):
             oldest = next(iter(entries.values()), None)
             if oldest is None or oldest.finished_at is None:

@@ -21,6 +21,10 @@ class ElementSpec:
     handler: Handler
     is_async: bool
     cpu_bound: bool = False
+    # A sync handler runs on the event loop itself, with no thread hop, when the packet's
+    # data is at most this many bytes (0: never). For pure functions whose work grows with
+    # their input: a handful of items costs less than handing them to a thread.
+    inline_max_bytes: int = 0
     # A short description of `data` and of the result, shown by cf:introspect.
     contract: dict[str, Any] = field(default_factory=dict)
 
@@ -41,13 +45,17 @@ class Registry:
         element: str,
         *,
         cpu_bound: bool = False,
+        inline_max_bytes: int = 0,
         data: dict[str, Any] | None = None,
         result: str | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator: ``@registry.element("df", "tokenize")`` on ``fn(data, ctx)``.
 
         Sync handlers run in a thread pool (process pool when ``cpu_bound``) so they never
-        stall the event loop. Raises ValueError for an unknown group or a bad element name.
+        stall the event loop, except on data of at most ``inline_max_bytes``, which a
+        quick, non-blocking sync handler serves on the loop itself. Raises ValueError for
+        an unknown group, a bad element name, or inline_max_bytes on an async or
+        cpu_bound handler.
         """
         if group not in GROUPS:
             raise ValueError(f"unknown packet group {group!r}; expected one of {GROUPS}")
@@ -55,13 +63,16 @@ class Registry:
             raise ValueError(f"element name {element!r} must match [a-z][a-z0-9_]*")
 
         def register(fn: Handler) -> Handler:
+            is_async = inspect.iscoroutinefunction(fn)
+            if inline_max_bytes and (is_async or cpu_bound):
+                raise ValueError("inline_max_bytes is for sync handlers that are not cpu_bound")
             contract: dict[str, Any] = {}
             if data is not None:
                 contract["data"] = data
             if result is not None:
                 contract["result"] = result
             self._specs[(group, element)] = ElementSpec(
-                group, element, fn, inspect.iscoroutinefunction(fn), cpu_bound, contract
+                group, element, fn, is_async, cpu_bound, inline_max_bytes, contract
             )
             return fn
 

@@ -224,6 +224,7 @@ class ReactorRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
         # The deadline timer: armed at the earliest deadline of a running packet.
         self._sweep_at = math.inf
+        self._starting = False  # inside _start_next
         self._sweep_timer: asyncio.TimerHandle | None = None
         # Per served group:element (so bounded by the registry): the default priority and
         # timeout, and the handler's logger, computed once rather than per packet.
@@ -255,7 +256,7 @@ class ReactorRuntime:
         seen = self.window.lookup(packet_id, now)
         if seen is not None:
             if seen.outcome is None:  # running: join it, answered when it finishes
-                seen.waiters.append((msg, peer))
+                seen.join((msg, peer))
             else:
                 self._reply(msg, peer, seen.outcome)
             return
@@ -332,16 +333,28 @@ class ReactorRuntime:
             job.expiry = None
         self.running.add(job)
         self._idle.clear()
+        limit = job.spec.inline_max_bytes
+        if limit and len(job.msg.payload.packet.data) <= limit:
+            self._run_inline(job)
+            return
         job.task = self._bind_loop().create_task(self._run(job))
         if job.deadline < self._sweep_at:
             self._arm(job.deadline)
 
     def _start_next(self) -> None:
-        while len(self.running) < self.config.max_concurrent_packets:
-            job = self.queue.pop()
-            if job is None:
-                break
-            self._start(job)
+        # Not re-entered: an inline job finishing inside _start would otherwise start the
+        # next one a stack frame deeper, once per queued packet.
+        if self._starting:
+            return
+        self._starting = True
+        try:
+            while len(self.running) < self.config.max_concurrent_packets:
+                job = self.queue.pop()
+                if job is None:
+                    break
+                self._start(job)
+        finally:
+            self._starting = False
 
     # ------------------------------------------------------------------ deadlines
 
@@ -378,6 +391,19 @@ class ReactorRuntime:
 
     # ------------------------------------------------------------------ running
 
+    def _run_inline(self, job: Job) -> None:
+        """A quick sync handler on small data, on the loop: no task, no thread."""
+        started = time.perf_counter()
+        try:
+            result = job.spec.handler(decode_json(job.msg.payload.packet.data),
+                                      self._context(job))  # fmt: skip
+        except PacketFlowError as err:
+            self._fail(job, err, (time.perf_counter() - started) * 1000.0)
+        except BaseException as exc:  # a handler bug (even sys.exit) never takes us down
+            self._crashed(job, exc, started)
+        else:
+            self._succeed(job, result, started)
+
     async def _run(self, job: Job) -> None:
         spec = job.spec
         started = time.perf_counter()
@@ -401,21 +427,29 @@ class ReactorRuntime:
             self._fail(job, err, (time.perf_counter() - started) * 1000.0)
             return
         except BaseException as exc:  # a handler bug (even sys.exit) never takes us down
-            log.warning("handler %s raised for packet %s: %r", spec.key, job.packet_id, exc,
-                        exc_info=self.config.debug)  # fmt: skip
-            # Not retryable: the same data on another reactor would most likely raise
-            # again. A handler with a transient failure raises ProcessingFailed(...,
-            # retryable=True) itself, and the gateway retries that.
-            failure = ProcessingFailed(
-                f"{spec.key} failed: {type(exc).__name__}: {exc}",
-                details={"reason": "handler_exception", "exception_type": type(exc).__name__,
-                         "exception_message": str(exc)},
-                retryable=False,
-            )  # fmt: skip
-            self._fail(job, failure, (time.perf_counter() - started) * 1000.0)
+            self._crashed(job, exc, started)
             return
         if job.done:  # its deadline passed while a handler that ignored cancellation ran on
             return
+        self._succeed(job, result, started)
+
+    def _crashed(self, job: Job, exc: BaseException, started: float) -> None:
+        spec = job.spec
+        log.warning("handler %s raised for packet %s: %r", spec.key, job.packet_id, exc,
+                    exc_info=self.config.debug)  # fmt: skip
+        # Not retryable: the same data on another reactor would most likely raise again.
+        # A handler with a transient failure raises ProcessingFailed(..., retryable=True)
+        # itself, and the gateway retries that.
+        failure = ProcessingFailed(
+            f"{spec.key} failed: {type(exc).__name__}: {exc}",
+            details={"reason": "handler_exception", "exception_type": type(exc).__name__,
+                     "exception_message": str(exc)},
+            retryable=False,
+        )  # fmt: skip
+        self._fail(job, failure, (time.perf_counter() - started) * 1000.0)
+
+    def _succeed(self, job: Job, result: Any, started: float) -> None:
+        spec = job.spec
         duration_ms = (time.perf_counter() - started) * 1000.0
         if not isinstance(result, dict):
             result = {"result": result}

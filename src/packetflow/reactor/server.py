@@ -108,9 +108,10 @@ class Reactor:
     # ------------------------------------------------------------------ public API
 
     def element(self, group: str, element: str, *, cpu_bound: bool = False,
-                data: dict[str, Any] | None = None,
+                inline_max_bytes: int = 0, data: dict[str, Any] | None = None,
                 result: str | None = None) -> Callable[[Handler], Handler]:  # fmt: skip
-        return self.registry.element(group, element, cpu_bound=cpu_bound, data=data,
+        return self.registry.element(group, element, cpu_bound=cpu_bound,
+                                     inline_max_bytes=inline_max_bytes, data=data,
                                      result=result)  # fmt: skip
 
     @property

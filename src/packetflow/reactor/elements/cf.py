@@ -17,6 +17,7 @@ from ...protocol.errors import (
     invalid_field,
 )
 from ...protocol.messages import (
+    MAX_FRAME_BYTES,
     Coordinate,
     CoordinatePayload,
     ErrorPayload,
@@ -43,8 +44,9 @@ def _runtime(ctx: Context) -> ReactorRuntime:
     return ctx.runtime
 
 
-async def ping(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    """§9.1.1: pong, the echo, and how long the reactor held the packet."""
+def ping(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """§9.1.1: pong, the echo, and how long the reactor held the packet (served inline:
+    a ping measures the reactor, not a thread hop)."""
     rt = _runtime(ctx)
     return {
         "pong": True,
@@ -294,6 +296,7 @@ def register(registry: Registry) -> None:
     el(
         "cf",
         "ping",
+        inline_max_bytes=MAX_FRAME_BYTES,
         data={"echo_data": "any (optional)"},
         result="pong, echo_data, reactor_id, response_time_ms, implementation",
     )(ping)

@@ -75,6 +75,9 @@ MAX_VALIDATION_ERRORS = 1000
 # df:transform round: digits outside this range are meaningless for IEEE doubles (15-17
 # significant digits).
 MAX_ROUND_DIGITS = 15
+# transform, aggregate, filter, map and reduce are pure and linear in their input: up to
+# this much data they run on the event loop (tens of microseconds), above it on a thread.
+INLINE_MAX_BYTES = 16 * 1024
 
 # ---------------------------------------------------------------------------------------------
 # df:transform
@@ -1204,6 +1207,7 @@ def register(registry: Registry) -> None:
     el(
         "df",
         "transform",
+        inline_max_bytes=INLINE_MAX_BYTES,
         data={
             "input": "string | array | record(s) (default: the single upstream result)",
             "operation": " | ".join(TRANSFORM_OPS),
@@ -1225,6 +1229,7 @@ def register(registry: Registry) -> None:
     el(
         "df",
         "aggregate",
+        inline_max_bytes=INLINE_MAX_BYTES,
         data={
             "input": "array of records",
             "group_by": "field path | array of field paths (optional)",
@@ -1235,6 +1240,7 @@ def register(registry: Registry) -> None:
     el(
         "df",
         "filter",
+        inline_max_bytes=INLINE_MAX_BYTES,
         data={
             "input": "array",
             "where": "[{field?, op: " + "|".join(FILTER_OPS) + ", value}]",
@@ -1245,6 +1251,7 @@ def register(registry: Registry) -> None:
     el(
         "df",
         "map",
+        inline_max_bytes=INLINE_MAX_BYTES,
         data={
             "input": "record | array of records",
             "fields": "{out: field path | {op, field, default?, ...parameters} | {value}}",
@@ -1255,6 +1262,7 @@ def register(registry: Registry) -> None:
     el(
         "df",
         "reduce",
+        inline_max_bytes=INLINE_MAX_BYTES,
         data={
             "input": "array",
             "op": " | ".join(REDUCE_OPS),
