@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
-import random
 import struct
 import time
 from collections import deque
@@ -54,23 +54,47 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-# Ids need uniqueness, not secrecy: a generator seeded once from the OS (and re-seeded
-# in a forked child) avoids a getrandom() system call per message, which cost the gateway
-# more than routing did.
-_ids = random.Random(os.urandom(32))
-os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+# Packet ids can be replayed from the idempotency window by whoever knows them, so they
+# come from the OS's secure randomness: one getrandom() per 256 ids rather than per id
+# (a system call per message once cost the gateway more than routing did).
+_POOL_IDS = 256
+_pool = b""
+_pool_at = 0
 _UUID4_MASK = ~(0xF << 76) & ~(0x3 << 62) & ((1 << 128) - 1)
 _UUID4_BITS = (0x4 << 76) | (0x2 << 62)
 
 
 def _uuid4() -> str:
     """A random RFC 4122 version-4 UUID string, like ``str(uuid.uuid4())``."""
-    h = f"{(_ids.getrandbits(128) & _UUID4_MASK) | _UUID4_BITS:032x}"
+    global _pool, _pool_at
+    if _pool_at >= len(_pool):
+        _pool, _pool_at = os.urandom(16 * _POOL_IDS), 0
+    n = int.from_bytes(_pool[_pool_at : _pool_at + 16])
+    _pool_at += 16
+    h = f"{(n & _UUID4_MASK) | _UUID4_BITS:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+# Message ids need uniqueness only (replies are matched per connection): a random
+# UUID-4-shaped prefix per process and a counter in the last 48 bits, one format each.
+_msg_prefix = ""
+_msg_serial = itertools.count()
+
+
+def _reseed() -> None:
+    """New randomness in a forked child, which must not repeat its parent's ids."""
+    global _pool, _pool_at, _msg_prefix, _msg_serial
+    _pool, _pool_at = b"", 0
+    _msg_prefix = _uuid4()[:24]
+    _msg_serial = itertools.count(int.from_bytes(os.urandom(6)))
+
+
+_reseed()
+os.register_at_fork(after_in_child=_reseed)
+
+
 def new_message_id() -> str:
-    return f"msg_{_uuid4()}"
+    return f"msg_{_msg_prefix}{next(_msg_serial) & 0xFFFFFFFFFFFF:012x}"
 
 
 def new_packet_id() -> str:

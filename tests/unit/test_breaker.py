@@ -206,6 +206,21 @@ def test_10_3_2_trial_successes_close_the_breaker() -> None:
     assert b.allow(63.0) and b.consecutive_failures == 0
 
 
+def test_10_3_2_successes_counted_together() -> None:
+    """record_success(n): n calls at once; while half-open they count as trial successes,
+    never more than the trials admitted."""
+    closed = CircuitBreaker("r1")
+    assert closed.record_success(0.0, 9) is None
+    tr = closed.record_failure(1.0)  # 1/10 failed: below 50 %, and not 5 in a row
+    assert tr is None and closed.state is CL
+    b = open_breaker(at=0.0)
+    assert b.allow(60.0) and b.allow(60.0)
+    assert b.record_success(61.0, 5) is None  # only the 2 admitted trials count
+    assert b.allow(61.0)
+    tr = b.record_success(62.0)
+    assert tr is not None and (tr.old, tr.new) == (HO, CL)
+
+
 def test_10_3_2_closed_after_trials_starts_with_a_clean_window() -> None:
     b = open_breaker(at=0.0)
     for _ in range(3):

@@ -323,6 +323,15 @@ def test_9_4_1_error_rate_spike_marks_degraded() -> None:
     assert "error rate 1/10" in tr.reason
 
 
+def test_9_4_1_successes_counted_together_weigh_as_many_packets() -> None:
+    """A batch of 10 successes told at once counts as 10 (the gateway reports successes on
+    healthy reactors in batches): one failure then is 1/11, below the threshold."""
+    t = healthy_tracker()
+    assert t.observe(PacketFinished(5.0, ok=True, count=10)) is None
+    assert t.observe(PacketFinished(6.0, ok=False)) is None
+    assert t.error_rate(6.0) == pytest.approx(1 / 11)
+
+
 def test_9_4_1_error_rate_below_threshold_does_not_degrade() -> None:
     t = healthy_tracker()
     for i in range(10):

@@ -100,6 +100,10 @@ class HealthMonitor:
             del self._next_due[key]
 
     def observe(self, record: ReactorRecord, event: HealthInput) -> None:
+        self._report_successes(record, event.now)
+        self._observe(record, event)
+
+    def _observe(self, record: ReactorRecord, event: HealthInput) -> None:
         transition = self.tracker(record).observe(event)
         if transition is None:
             return
@@ -142,13 +146,31 @@ class HealthMonitor:
         ))  # fmt: skip
 
     def packet_finished(self, record: ReactorRecord, error_code: str | None) -> None:
-        now = time.monotonic()
         fault = error_code in REACTOR_FAULT_CODES
+        if not fault and record.health == "healthy":
+            breaker = self.breakers.get(record.reactor_id)
+            if breaker is None or breaker.state is BreakerState.CLOSED:
+                # A success on a healthy reactor with a closed breaker only adds to their
+                # counts: counted here, told to both before anything else they hear and at
+                # every tick, instead of an event through both state machines per packet.
+                record.unreported_ok += 1
+                return
+        now = time.monotonic()
         self.observe(record, PacketFinished(now, ok=not fault))
         breaker = self.breakers.get(record.reactor_id)
         if breaker is not None:
             moved = breaker.record_failure(now) if fault else breaker.record_success(now)
             self._breaker_moved(record, moved)
+
+    def _report_successes(self, record: ReactorRecord, now: float) -> None:
+        n = record.unreported_ok
+        if not n:
+            return
+        record.unreported_ok = 0
+        self._observe(record, PacketFinished(now, ok=True, count=n))
+        breaker = self.breakers.get(record.reactor_id)
+        if breaker is not None:
+            self._breaker_moved(record, breaker.record_success(now, n))
 
     def _breaker_moved(self, record: ReactorRecord, moved: BreakerTransition | None) -> None:
         """An open breaker takes the reactor out of routing; half-open lets trials in."""
@@ -235,6 +257,7 @@ class HealthMonitor:
             now = time.monotonic()
             self.gateway.decay_adjustments(now)
             for record in self.gateway.registry:
+                self._report_successes(record, now)
                 breaker = self.breakers.get(record.reactor_id)
                 if breaker is not None:  # open → half-open happens with time (§10.3.2)
                     self._breaker_moved(record, breaker.poll(now))

@@ -40,6 +40,8 @@ class ReactorRecord:
     routed_counter: Any = None  # the Prometheus child for this reactor
     adjustments: dict[str, float] = field(default_factory=dict)
     flights: set[Any] = field(default_factory=set)
+    # Successes not yet told to its health tracker and breaker (gateway/monitor.py).
+    unreported_ok: int = 0
     announce: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -154,7 +154,8 @@ class RollingCounts:
         while self._buckets and self._buckets[0][0] <= index - self._n:
             self._buckets.popleft()
 
-    def add(self, now: float, failed: bool) -> None:
+    def add(self, now: float, failed: bool, n: int = 1) -> None:
+        """Count ``n`` outcomes (all failed, or all not) at ``now``."""
         index = int(now // self._width)
         self._prune(index)
         if self._buckets and self._buckets[-1][0] >= index:
@@ -163,9 +164,9 @@ class RollingCounts:
         else:
             bucket = [index, 0, 0]
             self._buckets.append(bucket)
-        bucket[1] += 1
+        bucket[1] += n
         if failed:
-            bucket[2] += 1
+            bucket[2] += n
 
     def counts(self, now: float) -> tuple[int, int]:
         """(total, failed) within the window ending at ``now``."""
@@ -273,14 +274,13 @@ class CircuitBreaker:
             return True
         return False
 
-    def record_success(self, now: float) -> BreakerTransition | None:
-        """A call to the reactor succeeded. Returns the transition if one happened."""
+    def record_success(self, now: float, n: int = 1) -> BreakerTransition | None:
+        """``n`` calls to the reactor succeeded. Returns the transition if one happened."""
         if self._state is BreakerState.CLOSED:
             self._consecutive_failures = 0
-            self._window.add(now, failed=False)
+            self._window.add(now, failed=False, n=n)
         elif self._state is BreakerState.HALF_OPEN:
-            if self._trial_successes < self._trials_admitted:
-                self._trial_successes += 1
+            self._trial_successes = min(self._trials_admitted, self._trial_successes + n)
             if self._trial_successes >= self.config.half_open_max_calls:
                 return self._move(
                     BreakerEvent.TRIALS_PASSED,

@@ -309,11 +309,12 @@ class HealthReported:
 
 @dataclass(frozen=True, slots=True)
 class PacketFinished:
-    """A packet routed to the reactor finished; ``ok`` False only for failures that are
-    the reactor's fault (PF005, PF5xx, timeouts), never a client's PF001/PF002."""
+    """``count`` packets routed to the reactor finished; ``ok`` False only for failures
+    that are the reactor's fault (PF005, PF5xx, timeouts), never a client's PF001/PF002."""
 
     now: float
     ok: bool
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -595,7 +596,7 @@ class HealthTracker:
 
     def _packet_finished(self, event: PacketFinished) -> _Verdict | None:
         cfg = self.config
-        self._errors.add(event.now, failed=not event.ok)
+        self._errors.add(event.now, failed=not event.ok, n=event.count)
         if event.ok:
             return None
         total, failed = self._errors.counts(event.now)

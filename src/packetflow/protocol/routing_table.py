@@ -222,6 +222,10 @@ class RoutingTable:
         self._implementation: NDArray[np.int32] = np.full(size, -1, dtype=np.int32)
         self._locality: NDArray[np.int32] = np.full(size, -1, dtype=np.int32)
         self._scores: Floats = np.empty(size)
+        # Reactors whose in-flight count moved since the vector path last read the load
+        # columns: two numpy scalar writes per packet cost more than the loop path's
+        # whole decision, so the columns catch up only when a vector decision needs them.
+        self._stale: dict[int, _Reactor] = {}
 
     # ------------------------------------------------------------------ membership
 
@@ -294,6 +298,7 @@ class RoutingTable:
         self._implementations.release(reactor.implementation)
         self._localities.release(reactor.locality)
         self._slots[slot] = None
+        self._stale.pop(slot, None)
         self._present[slot] = False
         self._ready[slot] = _NEG_INF
         self._implementation[slot] = -1
@@ -324,9 +329,7 @@ class RoutingTable:
         """O(1): called on every dispatch and completion."""
         reactor = self._reactors[reactor_id]
         reactor.in_flight = n
-        self._in_flight[reactor.slot] = n
         self._refresh_load(reactor)
-        self._refresh_ready(reactor)
 
     def set_reported_load(self, reactor_id: str, load: float) -> None:
         reactor = self._reactors[reactor_id]
@@ -452,6 +455,7 @@ class RoutingTable:
         round_robin: int,
     ) -> Decision:
         """The same decision as a handful of numpy operations over every slot."""
+        self._catch_up()
         high = self._high
         columns = self._groups[group]
         affinity = columns.affinity[:high]
@@ -621,7 +625,15 @@ class RoutingTable:
     def _refresh_load(self, reactor: _Reactor) -> None:
         reactor.ratio = load_ratio(reactor)
         reactor.free = 1.0 - min(max(reactor.ratio, 0.0), 1.0)
-        self._free[reactor.slot] = reactor.free
+        self._stale[reactor.slot] = reactor
+
+    def _catch_up(self) -> None:
+        """Write the load columns of every reactor whose load moved since the last time."""
+        for slot, reactor in self._stale.items():
+            self._in_flight[slot] = reactor.in_flight
+            self._free[slot] = reactor.free
+            self._ready[slot] = 0.0 if reactor.ready else _NEG_INF
+        self._stale.clear()
 
     def _refresh_ready(self, reactor: _Reactor) -> None:
         self._ready[reactor.slot] = 0.0 if reactor.ready else _NEG_INF
