@@ -25,10 +25,12 @@ from packetflow.protocol.messages import (
 
 class Fleet:
     """``n`` stand-in reactors on one port (``/r/<id>``): each announces itself to the
-    gateway and answers every SUBMIT the gateway sends (health probes) with a RESULT."""
+    gateway and answers every SUBMIT the gateway sends (health probes) with a RESULT,
+    except for the ``silent`` cf elements, which it accepts and never answers."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, silent: tuple[str, ...] = ()) -> None:
         self.ids = [f"fleet-{i:05d}" for i in range(n)]
+        self.silent = silent
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._open: set[web.WebSocketResponse] = set()
@@ -60,7 +62,7 @@ class Fleet:
                     endpoints={"websocket": f"ws://127.0.0.1:{self.port}/r/{rid}"},
                 ),
                 supported_packets=[SupportedPacket(group="cf", element=e)
-                                   for e in ("ping", "health", "echo")],
+                                   for e in ("ping", "health", "echo", *self.silent)],
             ),
         ))  # fmt: skip
 
@@ -74,7 +76,7 @@ class Fleet:
             if frame.type != WSMsgType.TEXT:
                 continue
             for item in decode_frame(frame.data):
-                if isinstance(item, Submit):
+                if isinstance(item, Submit) and item.payload.packet.element not in self.silent:
                     await ws.send_str(encode(Result(
                         protocol_version=PROTOCOL_VERSION, message_id=f"r-{item.message_id}",
                         timestamp=int(time.time() * 1000), source_id=rid,

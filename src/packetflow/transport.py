@@ -132,8 +132,8 @@ class Peer:
         (server frames are unmasked, so they need no per-frame work from aiohttp)."""
         self.ws = ws
         self._stream = stream if stream is not None and not ws.compress else None
-        # §12.4.2: frames queued together leave as one array frame (client side, where
-        # aiohttp must mask each frame itself); only for peers known to take batches.
+        # §12.4.2: frames queued together leave as one array frame, which the other side
+        # reads as one message; only for peers known to take batches (not clients).
         self._batch = batch
         self.name = name
         self.seq = 0
@@ -208,7 +208,7 @@ class Peer:
         parts: list[bytes] = []
         size = 0
         while outbox and size < OUTBOX_HIGH_WATER:
-            frame = outbox.popleft()
+            frame = self._take_batch() if self._batch else outbox.popleft()
             parts.append(_text_frame_header(len(frame)))
             parts.append(frame)
             size += len(frame)

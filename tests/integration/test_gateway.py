@@ -400,3 +400,45 @@ async def test_more_reactors_than_a_connection_pool_holds_all_link(cluster: Clus
         assert last.data["reactor_id"] == fleet.ids[-1]
     finally:
         await fleet.stop()
+
+
+async def test_a_reactor_that_never_answers_gets_pf504_and_its_slot_back(
+    cluster: Cluster,
+) -> None:
+    """The gateway's own deadline answers a packet its reactor never does (PF504), and
+    frees the slot once: the reactor's in-flight count is back to 0, not below."""
+    gateway = cluster.gateway()
+    fleet = Fleet(1, silent=("hang",))
+    await fleet.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(gateway.url)
+            await ws.send_str(fleet.announce(fleet.ids[0]).decode())
+            await asyncio.to_thread(
+                wait_for, lambda: gateway.get("/health")["healthy_reactors"] == 1, 10.0,
+                "the stand-in linked",
+            )  # fmt: skip
+            async with packetflow.connect(gateway.url) as pf:
+                with pytest.raises(PacketFlowError) as caught:
+                    await pf.submit("cf", "hang", {}, timeout_ms=300)
+            assert caught.value.code == "PF504"
+            (row,) = gateway.get("/v1/reactors")["reactors"]
+            assert row["in_flight"] == 0
+            await ws.close()
+    finally:
+        await fleet.stop()
+
+
+def test_a_result_too_large_for_a_frame_answers_pf005_at_once(cluster: Cluster) -> None:
+    """A result that could not travel in one DESIGN §3 frame is refused where it is made,
+    with the reason, instead of leaving the client waiting for its timeout."""
+    gateway = cluster.gateway()
+    cluster.reactor(gateway)
+    with packetflow.connect_sync(gateway.url) as pf:
+        with pytest.raises(PacketFlowError) as caught:
+            pf.submit("df", "transform", {"input": "a" * 600_000, "operation": "replace",
+                                          "parameters": {"old": "a", "new": "aa"}},
+                      timeout_ms=60_000)  # fmt: skip
+        assert caught.value.code == "PF005"
+        assert caught.value.details["reason"] == "result_too_large"
+        assert pf.submit("cf", "ping", {}).data["pong"] is True  # the link is still fine

@@ -187,7 +187,7 @@ async def test_replies_of_every_frame_length_arrive_intact(
     """RFC 6455 §5.2's three length encodings, on the reactor's burst writes (plain) and on
     aiohttp's own writer (deflate negotiated), many replies in flight at once."""
     reactor = start_reactor(cluster, tmp_path)
-    sizes = [0, 10, 125, 126, 200, 65_535, 65_536, 70_000, 2_000_000] * 3
+    sizes = [0, 10, 125, 126, 200, 65_535, 65_536, 70_000, 1_000_000] * 3
     async with (
         aiohttp.ClientSession() as session,
         session.ws_connect(reactor.url, compress=compress, max_msg_size=0) as ws,
@@ -206,6 +206,33 @@ async def test_replies_of_every_frame_length_arrive_intact(
             got[reply["correlation_id"]] = len(reply["payload"]["data"]["blob"])
         assert ws.compress == compress
     assert got == {f"msg_blob_{i}": size for i, size in enumerate(sizes)}
+
+
+@pytest.mark.parametrize("role", ["gateway", "client"])
+async def test_replies_ready_together_go_to_a_gateway_as_one_batch(
+    cluster: Cluster, tmp_path: Path, role: str
+) -> None:
+    """§12.4.2 back to a gateway's link: 20 pings in one batch frame are answered in one
+    array frame; a client (which may not take batches) gets 20 frames."""
+    reactor = start_reactor(cluster, tmp_path)
+    url = f"{reactor.url}?role={role}" if role == "gateway" else reactor.url
+    batch = [{"protocol_version": "1.0", "message_type": "submit", "message_id": f"msg_b_{i}",
+              "timestamp": 0, "source_id": "batcher",
+              "payload": {"packet": {"group": "cf", "element": "ping"}}}
+             for i in range(20)]  # fmt: skip
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        await ws.send_str(json.dumps(batch))
+        frames: list[Any] = []
+        replies: list[dict[str, Any]] = []
+        while len(replies) < 20:
+            frame = json.loads((await ws.receive(timeout=10)).data)
+            frames.append(frame)
+            for msg in frame if isinstance(frame, list) else [frame]:
+                if msg["message_type"] == "result":
+                    replies.append(msg)
+    assert sorted(r["correlation_id"] for r in replies) == sorted(m["message_id"] for m in batch)
+    results_frames = [f for f in frames if isinstance(f, list) or f["message_type"] == "result"]
+    assert len(results_frames) == (1 if role == "gateway" else 20)
 
 
 # ---------------------------------------------------------------- heartbeats, health, metrics
@@ -227,18 +254,20 @@ async def test_heartbeats_to_a_gateway_connection_carry_load_metrics(
         beats: list[dict[str, Any]] = []
         results = 0
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            msg = json.loads((await ws.receive(timeout=5)).data)
-            if msg["message_type"] == "result":
-                results += 1
-            elif msg["message_type"] == "heartbeat":
-                beats.append(msg)
-                if (
-                    results == 4
-                    and beats[-1]["payload"]["performance_metrics"]["packets_processed"] >= 4
-                ):
-                    break
-        else:
+        done = False
+        while not done and time.monotonic() < deadline:
+            frame = json.loads((await ws.receive(timeout=5)).data)
+            # A gateway's link takes §12.4.2 batches: replies ready together come as one.
+            for msg in frame if isinstance(frame, list) else [frame]:
+                if msg["message_type"] == "result":
+                    results += 1
+                elif msg["message_type"] == "heartbeat":
+                    beats.append(msg)
+                    done = done or (
+                        results == 4
+                        and beats[-1]["payload"]["performance_metrics"]["packets_processed"] >= 4
+                    )
+        if not done:
             raise AssertionError(f"no heartbeat counting 4 packets: {beats[-1:]}")
     first, last = beats[0], beats[-1]
     assert first["source_id"] == reactor.id

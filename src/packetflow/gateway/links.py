@@ -54,7 +54,7 @@ class ReactorLink:
         try:
             async for frame in peer.ws:
                 if frame.type == WSMsgType.TEXT:
-                    for item in decode_frame(frame.data):
+                    for item in decode_frame(frame.data, LINK_MAX_MSG):
                         on_message(record, item)
                 elif frame.type == WSMsgType.ERROR:
                     break

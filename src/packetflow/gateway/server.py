@@ -36,6 +36,7 @@ from ..protocol.errors import (
     NoReactorAvailable,
     Overloaded,
     PacketFlowError,
+    ProcessingFailed,
     ServiceUnavailable,
 )
 from ..protocol.health import DEFAULT_HEALTH_CONFIG, HealthConfig
@@ -771,9 +772,9 @@ class Gateway:
             flight.timer.cancel()
             flight.timer = None
         record = flight.reactor
-        if record is not None:
-            self.registry.add_in_flight(record, -1)
+        if record is not None and flight in record.flights:  # landing twice counts once
             record.flights.discard(flight)
+            self.registry.add_in_flight(record, -1)
         if flight.gateway_message_id is not None:
             self.pending.pop(flight.gateway_message_id, None)
             flight.gateway_message_id = None
@@ -787,7 +788,19 @@ class Gateway:
             total_ms=(now - flight.received) * 1000.0, reactor_id=record.reactor_id,
             affinity_score=flight.choice.affinity if flight.choice else 0.0,
         )  # fmt: skip
-        self._deliver(flight, encode(reply), replayable=True)
+        frame = encode(reply)
+        if len(frame) > MAX_FRAME_BYTES:
+            # Past DESIGN §3's limit the client would refuse the frame and wait for a reply
+            # that never comes; it gets the reason instead (our reactors never send one).
+            self._fail(flight, ProcessingFailed(
+                f"{record.reactor_id} returned a {len(frame)}-byte RESULT; frames are "
+                f"limited to {MAX_FRAME_BYTES} bytes",
+                details={"reason": "result_too_large", "bytes": len(frame),
+                         "limit_bytes": MAX_FRAME_BYTES},
+                retryable=False,
+            ))  # fmt: skip
+            return
+        self._deliver(flight, frame, replayable=True)
         self._advance(flight, PacketEvent.SUCCEEDED)
         self.metrics.completed.inc()
         self.metrics.latency.observe(now - flight.received)

@@ -78,10 +78,9 @@ DEFAULT_MAX_QUEUE = 4096
 # What a PF004 tells the sender to wait (§10.3.1 initial_delay_ms).
 OVERLOAD_RETRY_DELAY_MS = 1000
 # A result larger than this is answered PF005 "result_too_large" instead of being sent:
-# the gateway's link to a reactor closes above 8 MiB (gateway/links.py) and would then
-# fail the whole reactor over one packet. Four times the inbound frame limit (DESIGN §3)
-# leaves room for df:load of a few MiB.
-MAX_RESULT_BYTES = 4 * MAX_FRAME_BYTES
+# the RESULT must reach its client in one frame of DESIGN §3's limit, which clients
+# apply; the rest of the limit is room for the envelope and the gateway's metadata.
+MAX_RESULT_BYTES = MAX_FRAME_BYTES - 16 * 1024
 # uvloop's timers tick in milliseconds: a deadline this close counts as reached, so the
 # deadline timer never re-arms itself for a fraction of a millisecond.
 TIMER_SLACK_S = 0.002

@@ -310,10 +310,13 @@ class Reactor:
             stream = await ws.prepare(request)
         except ConnectionResetError:  # the peer left during the handshake
             return ws
-        peer = Peer(ws, f"reactor<-{request.remote}", stream)
+        # A gateway's work link takes §12.4.2 batches (DESIGN §3): replies that are ready
+        # together go back as one array frame, one message for the gateway to read.
+        from_gateway = request.query.get("role") == "gateway"
+        peer = Peer(ws, f"reactor<-{request.remote}", stream, batch=from_gateway)
         peer.remote_id = request.query.get("source_id")
         self._peers.add(peer)
-        if request.query.get("role") == "gateway":
+        if from_gateway:
             self._gateway_peers.add(peer)
             self.send_heartbeats()  # the gateway learns our load at once
         try:
