@@ -36,8 +36,8 @@ from ..protocol.errors import (
     NoReactorAvailable,
     Overloaded,
     PacketFlowError,
-    ProcessingFailed,
     ServiceUnavailable,
+    result_too_large,
 )
 from ..protocol.health import DEFAULT_HEALTH_CONFIG, HealthConfig
 from ..protocol.idempotency import IdempotencyWindow
@@ -792,13 +792,7 @@ class Gateway:
         if len(frame) > MAX_FRAME_BYTES:
             # Past DESIGN §3's limit the client would refuse the frame and wait for a reply
             # that never comes; it gets the reason instead (our reactors never send one).
-            self._fail(flight, ProcessingFailed(
-                f"{record.reactor_id} returned a {len(frame)}-byte RESULT; frames are "
-                f"limited to {MAX_FRAME_BYTES} bytes",
-                details={"reason": "result_too_large", "bytes": len(frame),
-                         "limit_bytes": MAX_FRAME_BYTES},
-                retryable=False,
-            ))  # fmt: skip
+            self._fail(flight, result_too_large(record.reactor_id, len(frame), MAX_FRAME_BYTES))
             return
         self._deliver(flight, frame, replayable=True)
         self._advance(flight, PacketEvent.SUCCEEDED)

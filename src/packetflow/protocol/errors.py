@@ -314,6 +314,16 @@ def json_type(value: Any) -> str:
     return type(value).__name__
 
 
+def result_too_large(what: str, size: int, limit: int) -> ProcessingFailed:
+    """PF005 for a result that cannot travel in one frame (the same data would produce
+    the same result anywhere: not retryable)."""
+    return ProcessingFailed(
+        f"{what} returned a {size}-byte result; the limit is {limit} bytes",
+        details={"reason": "result_too_large", "bytes": size, "limit_bytes": limit},
+        retryable=False,
+    )
+
+
 def invalid_field(
     field: str, expected: str, received: str, rule: str, message: str | None = None
 ) -> InvalidPacket:

@@ -43,6 +43,7 @@ from ..protocol.errors import (
     PacketFlowError,
     ProcessingFailed,
     ServiceUnavailable,
+    result_too_large,
 )
 from ..protocol.idempotency import IdempotencyWindow
 from ..protocol.messages import (
@@ -468,13 +469,7 @@ class ReactorRuntime:
             ), duration_ms)  # fmt: skip
             return
         if len(body) > MAX_RESULT_BYTES:
-            self._fail(job, ProcessingFailed(
-                f"{spec.key} returned {len(body)} bytes; results are limited to "
-                f"{MAX_RESULT_BYTES} bytes",
-                details={"reason": "result_too_large", "bytes": len(body),
-                         "limit_bytes": MAX_RESULT_BYTES},
-                retryable=False,
-            ), duration_ms)  # fmt: skip
+            self._fail(job, result_too_large(spec.key, len(body), MAX_RESULT_BYTES), duration_ms)
             return
         self.stats.record(spec.group, spec.element, duration_ms, None)
         self._finish(job, self._result_payload(job, Raw(body)), None, False)
