@@ -185,7 +185,9 @@ class HealthMonitor:
     def admits(self, record: ReactorRecord) -> bool:
         """The §10.3.2 breaker's say; a half-open breaker admits a few trial packets."""
         breaker = self.breakers.get(record.reactor_id)
-        return breaker is None or breaker.allow(time.monotonic())
+        if breaker is None or breaker.state is BreakerState.CLOSED:
+            return True  # closed admits every call: no clock needed
+        return breaker.allow(time.monotonic())
 
     # ------------------------------------------------------------------ probes
 

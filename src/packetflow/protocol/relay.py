@@ -35,13 +35,21 @@ def remaining_ttl_ms(ttl: int | None, received_at_ms: float, now_ms: float) -> i
     return max(0, int(ttl - (now_ms - received_at_ms)))
 
 
+@functools.lru_cache(maxsize=4096)
+def _defaults(group: str, element: str) -> tuple[int, int]:
+    """Appendix C's priority and timeout for a packet that names neither."""
+    return default_priority(group, element), effective_timeout_ms(group, element, None, None)
+
+
 def admission(msg: Submit) -> tuple[int, int]:
     """A client packet's priority and timeout_ms after the gateway's defaults (DESIGN §4;
     the timeout capped by Appendix C and the envelope TTL)."""
     packet = msg.payload.packet
-    priority = packet.priority or msg.priority or default_priority(packet.group, packet.element)
-    return priority, effective_timeout_ms(packet.group, packet.element, packet.timeout_ms,
-                                          msg.ttl)  # fmt: skip
+    priority, timeout = _defaults(packet.group, packet.element)
+    priority = packet.priority or msg.priority or priority
+    if packet.timeout_ms is not None or msg.ttl is not None:
+        timeout = effective_timeout_ms(packet.group, packet.element, packet.timeout_ms, msg.ttl)
+    return priority, timeout
 
 
 @functools.lru_cache(maxsize=1024)
