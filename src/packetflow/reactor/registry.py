@@ -27,10 +27,10 @@ class ElementSpec:
     inline_max_bytes: int = 0
     # A short description of `data` and of the result, shown by cf:introspect.
     contract: dict[str, Any] = field(default_factory=dict)
+    key: str = field(init=False)  # "group:element", made once: stats are kept per key
 
-    @property
-    def key(self) -> str:
-        return f"{self.group}:{self.element}"
+    def __post_init__(self) -> None:
+        self.key = f"{self.group}:{self.element}"
 
 
 class Registry:

@@ -471,7 +471,7 @@ class ReactorRuntime:
         if len(body) > MAX_RESULT_BYTES:
             self._fail(job, result_too_large(spec.key, len(body), MAX_RESULT_BYTES), duration_ms)
             return
-        self.stats.record(spec.group, spec.element, duration_ms, None)
+        self.stats.record(spec.key, spec.group, duration_ms, None)
         self._finish(job, self._result_payload(job, Raw(body)), None, False)
 
     async def _call_sync(self, spec: ElementSpec, data: Any, ctx: Context) -> Any:
@@ -498,26 +498,27 @@ class ReactorRuntime:
             logger = self._loggers[key] = log.getChild(f"{packet.group}.{packet.element}")
         meta = packet.metadata
         inputs = meta.get("inputs") if meta else None
+        # Positional: a dataclass __init__ parses keywords slower, once per packet.
         return Context(
-            packet_id=job.packet_id,
-            group=packet.group,
-            element=packet.element,
-            priority=job.priority,
-            deadline=job.deadline,
-            logger=logger,
-            data_dir=self.config.data_dir,
-            inputs=inputs if isinstance(inputs, dict) else {},
-            metadata=meta if meta is not None else {},
-            gateway=self.gateway,
-            runtime=self,
-            received=job.received,
+            job.packet_id,
+            packet.group,
+            packet.element,
+            job.priority,
+            job.deadline,
+            logger,
+            self.config.data_dir,
+            inputs if isinstance(inputs, dict) else {},
+            meta if meta is not None else {},
+            self.gateway,
+            self,
+            job.received,
         )
 
     def _fail(self, job: Job, err: PacketFlowError, duration_ms: float) -> None:
         if job.done:
             return
         spec = job.spec
-        self.stats.record(spec.group, spec.element, duration_ms, err.code)
+        self.stats.record(spec.key, spec.group, duration_ms, err.code)
         self._finish(job, self._error_payload(err, job.packet_id), err.code, err.retryable)
 
     def _finish(self, job: Job, outcome: Outcome, code: str | None, retryable: bool) -> None:

@@ -115,10 +115,9 @@ class ReactorStats:
         self.queue_depth = queue_depth
         self.in_flight = in_flight
 
-    def record(self, group: str, element: str, duration_ms: float, error_code: str | None) -> None:
-        """One packet finished (a handler's result or its error)."""
+    def record(self, key: str, group: str, duration_ms: float, error_code: str | None) -> None:
+        """One packet of ``key`` ("group:element") finished: a result or an error."""
         now = time.monotonic()
-        key = f"{group}:{element}"
         st = self.elements.get(key)
         if st is None:
             st = self.elements[key] = ElementStats()
