@@ -67,7 +67,9 @@ class AffinityLearner:
         mean = total / count
         speed = (mean - seen.latency_ms) / mean if mean > 0 else 0.0
         raw = LATENCY_WEIGHT * max(-1.0, min(1.0, speed)) - ERROR_WEIGHT * seen.failure * 2
-        return max(-MAX_DYNAMIC_ADJUSTMENT, min(MAX_DYNAMIC_ADJUSTMENT, raw))
+        # To 0.001: finer moves change no decision worth making, and an unchanged value
+        # spares the gateway's routing table a write on nearly every packet.
+        return round(max(-MAX_DYNAMIC_ADJUSTMENT, min(MAX_DYNAMIC_ADJUSTMENT, raw)), 3)
 
     def adjustment(self, reactor_id: str, group: str) -> float:
         seen = self._seen.get((reactor_id, group))
