@@ -101,6 +101,13 @@ def new_packet_id() -> str:
     return f"packet_{_uuid4()}"
 
 
+def handshake_abandoned() -> web.StreamResponse:
+    """What a WebSocket handler returns when its peer left during the handshake: aiohttp
+    then finds the connection gone while answering and lets it go quietly (returning the
+    unprepared WebSocketResponse made it log an error for every such client)."""
+    return web.Response(status=499, reason="Client Closed Request")
+
+
 class Peer:
     """A connected WebSocket with its own sequence counter and outbox."""
 

@@ -7,14 +7,20 @@ import asyncio
 import json
 import os
 import signal
+import socket
+import struct
+import subprocess
+import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import aiohttp
 import pytest
 from benchmarks.fleet import Fleet
 
 import packetflow
+from packetflow.cluster import read_ready, stop_all
 from packetflow.protocol.errors import PacketFlowError
 
 from .cluster import Cluster, Node, wait_for
@@ -442,3 +448,32 @@ def test_a_result_too_large_for_a_frame_answers_pf005_at_once(cluster: Cluster) 
         assert caught.value.code == "PF005"
         assert caught.value.details["reason"] == "result_too_large"
         assert pf.submit("cf", "ping", {}).data["pong"] is True  # the link is still fine
+
+
+def test_clients_leaving_during_the_handshake_leave_no_error_behind(tmp_path: Path) -> None:
+    """A client that sends the WebSocket upgrade and resets the connection at once costs
+    the gateway nothing: no traceback in its log, and the next client is served."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "packetflow", "--log-level", "WARNING", "gateway", "--port", "0",
+         "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        ready = read_ready(proc, 20)
+        assert ready is not None
+        port = int(ready["url"].rsplit(":", 1)[1].split("/")[0])
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")  # fmt: skip
+                # Reset (RST), not a polite close, as a crashed or impatient client does.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with packetflow.connect_sync(ready["url"]) as pf:
+            assert pf.discover() == []
+    finally:
+        stop_all([proc], 10)  # SIGTERM: the server finishes every handler before it exits
+    assert proc.returncode == 0
+    assert proc.stderr is not None
+    log = proc.stderr.read().decode()
+    assert "Traceback" not in log, log

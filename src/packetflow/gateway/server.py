@@ -72,7 +72,7 @@ from ..protocol.retry import (
     next_retry_delay_ms,
     poison_packet_error,
 )
-from ..transport import Peer, new_message_id, new_packet_id, now_ms
+from ..transport import Peer, handshake_abandoned, new_message_id, new_packet_id, now_ms
 from .links import ReactorLink
 from .local import LocalElements
 from .metrics import GatewayMetrics
@@ -317,13 +317,13 @@ class Gateway:
 
     # ------------------------------------------------------------------ client frames
 
-    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=SOCKET_MAX_MSG, decode_text=False,
                                    compress=True, heartbeat=None)  # fmt: skip
         try:
             stream = await ws.prepare(request)
         except ConnectionResetError:  # the client left during the handshake
-            return ws
+            return handshake_abandoned()
         peer = Peer(ws, f"gateway<-{request.remote}", stream)
         self._peers.add(peer)
         try:

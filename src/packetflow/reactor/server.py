@@ -35,7 +35,7 @@ from ..protocol.messages import (
     decode_frame,
     encode,
 )
-from ..transport import Peer, new_message_id, now_ms
+from ..transport import Peer, handshake_abandoned, new_message_id, now_ms
 from .elements import load_standard
 from .registry import Handler, Registry
 from .runtime import ReactorConfig, ReactorRuntime
@@ -303,13 +303,13 @@ class Reactor:
 
     # ------------------------------------------------------------------ HTTP
 
-    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=SOCKET_MAX_MSG, decode_text=False,
                                    compress=True, heartbeat=None)  # fmt: skip
         try:
             stream = await ws.prepare(request)
         except ConnectionResetError:  # the peer left during the handshake
-            return ws
+            return handshake_abandoned()
         # A gateway's work link takes §12.4.2 batches (DESIGN §3): replies that are ready
         # together go back as one array frame, one message for the gateway to read.
         from_gateway = request.query.get("role") == "gateway"
