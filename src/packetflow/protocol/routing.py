@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from .chemistry import (
     HEALTH_BONUS,
@@ -103,7 +103,7 @@ def decide(
     ``reactors`` are the ones whose capabilities include the packet's group:element.
     Ties go to the fewest in flight, then round robin by ``round_robin``.
     """
-    prefs = preferences or _NO_PREFS
+    prefs = preferences or NO_PREFERENCES
     avoid = prefs.avoid_reactors
     minimum = prefs.minimum_affinity
     seen = avoided = below = 0
@@ -157,6 +157,15 @@ def decide(
             reason = "best_chemical_match"
         score, affinity, ratio, view = pick
         return Chosen(view.reactor_id, score, affinity, ratio, reason)
+    return no_choice(seen, avoided, below, best_below, minimum)
+
+
+def no_choice(
+    seen: int, avoided: int, below: int, best_below: float, minimum: float | None
+) -> Decision:
+    """The verdict when no reactor was chosen: of ``seen`` supporting reactors, ``avoided``
+    were in avoid_reactors and ``below`` under ``minimum`` (the best of them
+    ``best_below``); any others were busy or not healthy."""
     if seen == 0:
         return Unsupported("no registered reactor supports it")
     if avoided == seen:
@@ -166,4 +175,4 @@ def decide(
     return MustWait("every supporting reactor is busy or not healthy")
 
 
-_NO_PREFS = RoutingPreferences()
+NO_PREFERENCES: Final = RoutingPreferences()  # preferences of a packet that states none

@@ -52,13 +52,12 @@ from .chemistry import (
 )
 from .messages import RoutingPreferences
 from .routing import (
+    NO_PREFERENCES,
     TIE_EPSILON,
-    BelowMinimumAffinity,
     Chosen,
     Decision,
-    MustWait,
-    Unsupported,
     load_ratio,
+    no_choice,
 )
 
 # Buckets up to this size are decided by a Python loop: measured on the routing benchmark's
@@ -374,8 +373,8 @@ class RoutingTable:
         """
         capability = self._capabilities.get((group, element))
         if capability is None:
-            return Unsupported("no registered reactor supports it")
-        prefs = preferences or _NO_PREFS
+            return no_choice(seen=0, avoided=0, below=0, best_below=0.0, minimum=None)
+        prefs = preferences or NO_PREFERENCES
         if len(capability.bucket) <= self._vector_threshold:
             return self._decide_loop(capability, group, priority, prefs, round_robin)
         return self._decide_vector(capability, group, priority, prefs, round_robin)
@@ -444,7 +443,7 @@ class RoutingTable:
             score, reactor = best[round_robin % len(best)]
             reason = "tie_broken_by_load" if len(best) == 1 else "tie_round_robin"
             return self._chosen(reactor, score, group, reason)
-        return _outcome(seen, avoided, below, best_below, minimum)
+        return no_choice(seen, avoided, below, best_below, minimum)
 
     def _decide_vector(
         self,
@@ -500,7 +499,7 @@ class RoutingTable:
             below = len(low)
             if below:
                 best_below = max(best_below, float(low.max()))
-        return _outcome(seen, len(avoided_here), below, best_below, minimum)
+        return no_choice(seen, len(avoided_here), below, best_below, minimum)
 
     def _tied(self, scores: Floats, top: float) -> Slots | list[int]:
         """The reactors the reference loop ends with in its ``best`` list (maybe none).
@@ -715,19 +714,3 @@ class RoutingTable:
 
 def _by_id(entry: tuple[float, _Reactor]) -> str:
     return entry[1].reactor_id
-
-
-def _outcome(
-    seen: int, avoided: int, below: int, best_below: float, minimum: float | None
-) -> Decision:
-    """The reference's verdict when no reactor was chosen."""
-    if seen == 0:
-        return Unsupported("no registered reactor supports it")
-    if avoided == seen:
-        return Unsupported("every supporting reactor is in avoid_reactors")
-    if minimum is not None and below + avoided == seen:
-        return BelowMinimumAffinity(best_below, minimum)
-    return MustWait("every supporting reactor is busy or not healthy")
-
-
-_NO_PREFS = RoutingPreferences()
