@@ -7,7 +7,6 @@ that stream (ED events, molecule progress) are delivered to a per-request queue.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import uuid
@@ -41,6 +40,7 @@ from .protocol.messages import (
     encode_json,
     error_from_payload,
 )
+from .runner import cancel_and_wait
 from .transport import Peer, new_message_id, now_ms
 
 log = logging.getLogger("packetflow.client")
@@ -163,10 +163,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         self._closing = True
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        await cancel_and_wait(self._reader)
         if self._peer is not None:
             await self._peer.close()
         if self._session is not None:

@@ -1,8 +1,10 @@
-"""Running a server coroutine as a process: uvloop where available, quiet on Ctrl-C."""
+"""Running a server coroutine as a process (uvloop where available, quiet on Ctrl-C), and
+stopping the background tasks it started."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Coroutine
@@ -32,6 +34,17 @@ def announce_ready(role: str, node_id: str, url: str) -> None:
 
     print(json.dumps({"event": "ready", "role": role, "id": node_id, "url": url}), flush=True)
     sys.stdout.flush()
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel each task and wait until it has finished unwinding (None is skipped)."""
+    for task in tasks:
+        if task is not None:
+            task.cancel()
+    for task in tasks:
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def run_main(main: Coroutine[Any, Any, None]) -> None:

@@ -24,6 +24,8 @@ from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.client_ws import ClientWebSocketResponse
 
+from .runner import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 Socket: TypeAlias = "web.WebSocketResponse[Any] | ClientWebSocketResponse[Any]"
@@ -243,9 +245,7 @@ class Peer:
 
     async def close(self) -> None:
         self._closed = True
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        await cancel_and_wait(self._writer)
         if not self.ws.closed:
             with contextlib.suppress(Exception):
                 await self.ws.close()

@@ -4,7 +4,6 @@ SUBMITs in flight at once, replies and HEARTBEATs read back and handed to the ga
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -12,6 +11,7 @@ import aiohttp
 from aiohttp import WSMsgType
 
 from ..protocol.messages import decode_frame
+from ..runner import cancel_and_wait
 from ..transport import Peer
 
 if TYPE_CHECKING:
@@ -66,9 +66,6 @@ class ReactorLink:
                 self.gateway.on_link_lost(record, self)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        await cancel_and_wait(self._reader)
         if self.peer is not None:
             await self.peer.close()

@@ -8,7 +8,6 @@ The decisions are the tracker's; this module only keeps the clock and the socket
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from ..protocol.messages import (
     encode,
 )
 from ..protocol.routing import ROUTABLE
+from ..runner import cancel_and_wait
 from ..transport import new_message_id, now_ms
 
 if TYPE_CHECKING:
@@ -76,10 +76,7 @@ class HealthMonitor:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         for probe in self.probes.values():
             probe.timer.cancel()
         self.probes.clear()

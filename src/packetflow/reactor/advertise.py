@@ -11,7 +11,6 @@ loopback reactor keeps both on 127.0.0.1: multicast leaves through IP_MULTICAST_
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import socket
@@ -31,6 +30,7 @@ from ..protocol.discovery import (
     txt_record,
 )
 from ..protocol.messages import DiscoverPayload, encode
+from ..runner import cancel_and_wait
 from ..transport import new_message_id, now_ms
 
 if TYPE_CHECKING:
@@ -155,10 +155,7 @@ class MulticastAdvertiser:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()
@@ -240,10 +237,7 @@ class DnsSdAdvertiser:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         zc, self._zc = self._zc, None
         if zc is not None:
             # async_close sends goodbyes (TTL 0) for the service before closing.

@@ -9,7 +9,6 @@ mDNS leaves the host.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from ...protocol.discovery import SERVICE_TYPE, announce_payload, parse_txt
 from ...protocol.errors import PacketFlowError
+from ...runner import cancel_and_wait
 
 if TYPE_CHECKING:
     from ..server import Gateway
@@ -98,11 +98,7 @@ class DnsSdListener:
             log.exception("registering reactor %s from DNS-SD failed", adv.reactor_id)
 
     async def close(self) -> None:
-        for task in list(self._pending.values()):
-            task.cancel()
-        for task in list(self._pending.values()):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._pending.values())
         self._pending.clear()
         browser, self._browser = self._browser, None
         if browser is not None:
