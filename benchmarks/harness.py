@@ -11,10 +11,12 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from packetflow.cluster import read_ready, spawn, stop_all
 from packetflow.runner import event_loop_factory
+
+T = TypeVar("T")
 
 PING_TEMPLATE = (
     b'{"protocol_version":"1.0","message_type":"submit","message_id":"msg_bench_%d",'
@@ -91,6 +93,17 @@ def stats(values: list[float]) -> dict[str, float]:
             "runs": len(values)}  # fmt: skip
 
 
+def alternate(runs: int, *fns: Callable[[], Awaitable[T]]) -> list[list[T]]:
+    """Each of ``fns`` once per round, in turn, for ``runs`` rounds, each on a fresh uvloop
+    (a baseline first, then packetflow: drift on a busy machine hits both alike)."""
+    values: list[list[T]] = [[] for _ in fns]
+    for _ in range(runs):
+        for out, fn in zip(values, fns, strict=True):
+            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+                out.append(runner.run(fn()))
+    return values
+
+
 def measure(fn: Callable[[], Awaitable[float]], runs: int) -> dict[str, float]:
     """Run ``fn`` ``runs`` times, each on a fresh uvloop; median, min, max."""
     values = []
@@ -100,9 +113,10 @@ def measure(fn: Callable[[], Awaitable[float]], runs: int) -> dict[str, float]:
     return stats(values)
 
 
-def rate_row(figure: str, value: dict[str, float], baseline: dict[str, float],
+def rate_row(figure: str, value: list[float], baseline: list[float],
              baseline_name: str = "bare aiohttp relay",
              goal: str | None = None) -> dict[str, Any]:  # fmt: skip
-    return {"figure": figure, "value": value, "baseline_name": baseline_name,
-            "baseline": baseline, "ratio": value["median"] / baseline["median"],
-            "goal": goal}  # fmt: skip
+    """A figure next to its baseline from the same run: median, min, max of each, ratio."""
+    v, b = stats(value), stats(baseline)
+    return {"figure": figure, "value": v, "baseline_name": baseline_name, "baseline": b,
+            "ratio": v["median"] / b["median"], "goal": goal}  # fmt: skip

@@ -19,7 +19,7 @@ from typing import Any
 
 from packetflow.runner import event_loop_factory
 
-from .harness import Procs, stats
+from .harness import Procs, rate_row, stats
 from .load import run_load
 
 # The cf:ping SUBMIT of benchmarks.__main__, with a per-run nonce in the ids: the reactor's
@@ -81,14 +81,6 @@ def _latencies_us(url: str, template: bytes, count: int) -> tuple[float, float]:
     return _percentile(lat, 0.5) * 1000.0, _percentile(lat, 0.99) * 1000.0
 
 
-def _row(figure: str, value: list[float], baseline_name: str | None,
-         baseline: list[float] | None) -> dict[str, Any]:  # fmt: skip
-    v = stats(value)
-    b = stats(baseline) if baseline else None
-    return {"figure": figure, "value": v, "baseline_name": baseline_name, "baseline": b,
-            "ratio": v["median"] / b["median"] if b else None}  # fmt: skip
-
-
 def direct_rows(runs: int, count: int) -> list[dict[str, Any]]:
     """Client straight to one reactor process vs the echo, alternating run by run."""
     with Procs() as procs:
@@ -111,15 +103,15 @@ def direct_rows(runs: int, count: int) -> list[dict[str, Any]]:
                 target["p99"].append(p99)
         echo_name = "bare aiohttp echo, same-size frames"
         return [
-            _row(f"cf:ping direct to 1 reactor, {IN_FLIGHT} in flight (msgs/s)",
-                 pf["ping"], echo_name, base["ping"]),
-            _row(f"df:transform of {TRANSFORM_ITEMS:,} items direct to 1 reactor, "
-                 f"{IN_FLIGHT} in flight (msgs/s)", pf["transform"], echo_name,
-                 base["transform"]),
-            _row("cf:ping direct, 1 in flight, p50 latency (µs)", pf["p50"], echo_name,
-                 base["p50"]),
-            _row("cf:ping direct, 1 in flight, p99 latency (µs)", pf["p99"], echo_name,
-                 base["p99"]),
+            rate_row(f"cf:ping direct to 1 reactor, {IN_FLIGHT} in flight (msgs/s)",
+                     pf["ping"], base["ping"], echo_name),
+            rate_row(f"df:transform of {TRANSFORM_ITEMS:,} items direct to 1 reactor, "
+                     f"{IN_FLIGHT} in flight (msgs/s)", pf["transform"], base["transform"],
+                     echo_name),
+            rate_row("cf:ping direct, 1 in flight, p50 latency (µs)", pf["p50"], base["p50"],
+                     echo_name),
+            rate_row("cf:ping direct, 1 in flight, p99 latency (µs)", pf["p99"], base["p99"],
+                     echo_name),
         ]  # fmt: skip
 
 
@@ -185,8 +177,8 @@ async def _overhead_once(packets: int) -> float:
 
 def overhead_row(runs: int, packets: int = OVERHEAD_PACKETS) -> dict[str, Any]:
     values = [float(_once(lambda: _overhead_once(packets))) for _ in range(runs)]
-    return _row(f"in-reactor overhead per packet, no sockets, {packets:,} packets "
-                "(µs, median of runs)", values, None, None)  # fmt: skip
+    return {"figure": f"in-reactor overhead per packet, no sockets, {packets:,} packets "
+                      "(µs, median of runs)", "value": stats(values)}  # fmt: skip
 
 
 def reactor_rows(runs: int, count: int) -> list[dict[str, Any]]:
