@@ -14,6 +14,7 @@ from packetflow.protocol.relay import (
     client_result,
     forward_submit,
     remaining_ttl_ms,
+    replay_for,
     split_processing_stats,
 )
 
@@ -119,3 +120,25 @@ def test_split_processing_stats(data: bytes, expected: object, duration: float |
     body, got = split_processing_stats(Raw(data))
     assert json.loads(bytes(memoryview(body))) == expected
     assert got == duration
+
+
+def test_a_stored_reply_is_readdressed_to_the_repeat() -> None:
+    """DESIGN §4: a repeated packet id is answered with the stored outcome, correlated to
+    the repeat's message and sent to its source under a new id; the payload is unchanged."""
+    stored = {"protocol_version": "1.0", "message_type": "result", "message_id": "msg_old",
+              "timestamp": 1, "source_id": "gateway-01", "destination_id": "client-a",
+              "correlation_id": "msg_first", "sequence_id": 3,
+              "payload": {"packet_id": "packet_transform_001", "status": "success",
+                          "data": {"result": ["APPLE"]}}}  # fmt: skip
+    repeat = _submit()
+    frame = replay_for(json.dumps(stored).encode(), repeat, message_id="msg_new",
+                       now_ms=1640995201000, sequence_id=9)  # fmt: skip
+    out = json.loads(frame)
+    assert (out["message_id"], out["timestamp"], out["sequence_id"]) == (
+        "msg_new",
+        1640995201000,
+        9,
+    )
+    assert out["correlation_id"] == "msg_a1b2c3d4"
+    assert out["destination_id"] == "client-webapp-01"
+    assert out["payload"] == stored["payload"]

@@ -64,7 +64,7 @@ from ..protocol.messages import (
     error_envelope,
 )
 from ..protocol.queueing import PriorityQueue, QueueEntry, first_among
-from ..protocol.relay import admission, client_result, forward_submit
+from ..protocol.relay import admission, client_result, forward_submit, replay_for
 from ..protocol.retry import (
     DEFAULT_RETRY_POLICY,
     RetryBudget,
@@ -396,7 +396,7 @@ class Gateway:
             if seen.outcome is None:
                 seen.join((msg, target))
             else:
-                target.send(_recorrelate(seen.outcome, msg, target))
+                target.send(_readdressed(seen.outcome, msg, target))
             return
         if msg.ttl == 0:
             self.answer_error(target, failover.ttl_expired(packet_id), msg.message_id, packet_id,
@@ -838,7 +838,7 @@ class Gateway:
         waiters = self.window.finish(flight.packet_id, frame, replayable=replayable,
                                      now=time.monotonic())  # fmt: skip
         for msg, target in waiters:
-            target.send(_recorrelate(frame, msg, target))
+            target.send(_readdressed(frame, msg, target))
 
     async def _sweep_deadlines(self) -> None:
         """Answer every in-flight packet whose reactor missed its deadline (one sweep per
@@ -1059,15 +1059,7 @@ class Gateway:
         }
 
 
-def _recorrelate(frame: bytes, msg: Submit, target: ReplyTarget) -> bytes:
-    """A stored reply re-addressed to a repeated SUBMIT (DESIGN §4 idempotency)."""
-    from ..protocol.messages import decode_one
-
-    stored = decode_one(frame)
-    assert isinstance(stored, Result | Error)
-    replay = msgspec.structs.replace(
-        stored, message_id=new_message_id(), timestamp=now_ms(),
-        correlation_id=msg.message_id, destination_id=msg.source_id,
-        sequence_id=target.next_seq(),
-    )  # fmt: skip
-    return encode(replay)
+def _readdressed(frame: bytes, msg: Submit, target: ReplyTarget) -> bytes:
+    """A stored reply answering the repeated SUBMIT ``msg`` (DESIGN §4 idempotency)."""
+    return replay_for(frame, msg, message_id=new_message_id(), now_ms=now_ms(),
+                      sequence_id=target.next_seq())  # fmt: skip

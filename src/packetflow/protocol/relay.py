@@ -19,10 +19,13 @@ from .chemistry import chemical_properties
 from .messages import (
     PROTOCOL_VERSION,
     ChemicalPropertiesWire,
+    Error,
     Result,
     ResultPayload,
     Submit,
     decode_json,
+    decode_one,
+    encode,
     encode_json,
 )
 from .packets import default_priority, effective_timeout_ms
@@ -103,6 +106,20 @@ def forward_submit(
         },
         payload=msgspec.structs.replace(msg.payload, packet=forwarded),
     )
+
+
+def replay_for(
+    frame: bytes, repeat: Submit, *, message_id: str, now_ms: int, sequence_id: int | None
+) -> bytes:
+    """A stored RESULT or ERROR (its encoded frame) re-addressed to ``repeat``, a SUBMIT
+    of a packet id already answered (DESIGN §4 idempotency): new id and time, correlated
+    to the repeat, sent to its source."""
+    stored = decode_one(frame)
+    assert isinstance(stored, Result | Error)
+    return encode(msgspec.structs.replace(
+        stored, message_id=message_id, timestamp=now_ms, correlation_id=repeat.message_id,
+        destination_id=repeat.source_id, sequence_id=sequence_id,
+    ))  # fmt: skip
 
 
 _STATS_KEY = b'"processing_stats":'
