@@ -45,8 +45,8 @@ def _defaults(group: str, element: str) -> tuple[int, int]:
 
 
 def admission(msg: Submit) -> tuple[int, int]:
-    """A client packet's priority and timeout_ms after the gateway's defaults (DESIGN §4;
-    the timeout capped by Appendix C and the envelope TTL)."""
+    """A packet's priority and timeout_ms after DESIGN §4's defaults (the timeout capped by
+    Appendix C and the envelope TTL), as the gateway and a reactor both apply them."""
     packet = msg.payload.packet
     priority, timeout = _defaults(packet.group, packet.element)
     priority = packet.priority or msg.priority or priority

@@ -60,8 +60,8 @@ from ..protocol.messages import (
 )
 from ..protocol.messages import Error as ErrorMsg
 from ..protocol.messages import Result as ResultMsg
-from ..protocol.packets import default_priority, effective_timeout_ms
 from ..protocol.queueing import PriorityQueue, QueueEntry
+from ..protocol.relay import admission
 from ..transport import Peer, new_message_id, new_packet_id, now_ms
 from .context import Context
 from .registry import ElementSpec, Registry
@@ -226,9 +226,8 @@ class ReactorRuntime:
         self._sweep_at = math.inf
         self._starting = False  # inside _start_next
         self._sweep_timer: asyncio.TimerHandle | None = None
-        # Per served group:element (so bounded by the registry): the default priority and
-        # timeout, and the handler's logger, computed once rather than per packet.
-        self._defaults: dict[tuple[str, str], tuple[int, int]] = {}
+        # Per served group:element (so bounded by the registry): the handler's logger, made
+        # once rather than per packet.
         self._loggers: dict[tuple[str, str], logging.Logger] = {}
         self.reactor_info_brief = {
             "reactor_id": config.reactor_id,
@@ -299,17 +298,7 @@ class ReactorRuntime:
                 retry_delay_ms=OVERLOAD_RETRY_DELAY_MS,
                 context={"in_flight": self.in_flight, "queue_depth": len(self.queue)},
             )  # fmt: skip
-        key = (group, element)
-        defaults = self._defaults.get(key)
-        if defaults is None:
-            defaults = (default_priority(group, element),
-                        effective_timeout_ms(group, element, None, None))  # fmt: skip
-            self._defaults[key] = defaults
-        priority = packet.priority or msg.priority or defaults[0]
-        if packet.timeout_ms is None and msg.ttl is None:
-            timeout_ms = defaults[1]
-        else:  # DESIGN §4: requested or default, capped by Appendix C and the TTL left
-            timeout_ms = effective_timeout_ms(group, element, packet.timeout_ms, msg.ttl)
+        priority, timeout_ms = admission(msg)
         return Job(msg, peer, spec, packet_id, priority, now, now + timeout_ms / 1000.0)
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
