@@ -37,7 +37,10 @@ from packetflow.protocol.health import (
     TimerFired,
     heartbeat_expired,
     next_health_state,
+    reported_by_health_check,
+    reported_in_heartbeat,
 )
+from packetflow.protocol.messages import HealthStatus, HeartbeatPayload
 
 U, H, D, F, R = (
     HealthState.UNKNOWN,
@@ -782,3 +785,30 @@ class HealthMachine(RuleBasedStateMachine):
 
 HealthMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 test_9_3_health_state_machine = HealthMachine.TestCase
+
+
+# ---------------------------------------------------------------- what reactors report
+
+
+def test_a_heartbeat_reports_status_memory_and_error_rate_but_not_cpu() -> None:
+    payload = HeartbeatPayload(
+        reactor_id="r1", health_status=HealthStatus(status="degraded", load_factor=0.5),
+        performance_metrics={"error_rate": 0.02},
+        load_metrics={"resource_utilization": {"system_memory_percent": 85,
+                                               "cpu_usage_percent": 99}},
+    )  # fmt: skip
+    assert reported_in_heartbeat(3.0, payload) == HealthReported(
+        3.0, status="degraded", memory=0.85, error_rate=0.02
+    )
+    assert reported_in_heartbeat(4.0, HeartbeatPayload(reactor_id="r1")) == HealthReported(4.0)
+
+
+def test_a_health_check_result_reports_its_9_1_2_figures() -> None:
+    data = {"status": "healthy", "resource_status": {"memory_usage_percent": 40.0},
+            "performance_indicators": {"error_rate_5min": 0.0}}  # fmt: skip
+    assert reported_by_health_check(1.0, data) == HealthReported(
+        1.0, status="healthy", memory=0.4, error_rate=0.0
+    )
+    odd = {"status": 3, "resource_status": {"memory_usage_percent": "lots"}}
+    assert reported_by_health_check(1.0, odd) == HealthReported(1.0)
+    assert reported_by_health_check(1.0, ["not", "an", "object"]) is None

@@ -19,13 +19,14 @@ from ..protocol.health import (
     ConnectionLost,
     HealthConfig,
     HealthInput,
-    HealthReported,
     HealthTracker,
     HeartbeatReceived,
     PacketFinished,
     ProbeFailed,
     ProbeSucceeded,
     TimerFired,
+    reported_by_health_check,
+    reported_in_heartbeat,
 )
 from ..protocol.messages import (
     PROTOCOL_VERSION,
@@ -35,6 +36,7 @@ from ..protocol.messages import (
     Result,
     Submit,
     SubmitPayload,
+    decode_json,
     encode,
 )
 from ..protocol.routing import ROUTABLE
@@ -127,20 +129,7 @@ class HealthMonitor:
     def heartbeat(self, record: ReactorRecord, msg: Heartbeat) -> None:
         now = time.monotonic()
         self.observe(record, HeartbeatReceived(now))
-        status = msg.payload.health_status
-        perf = msg.payload.performance_metrics or {}
-        load = msg.payload.load_metrics or {}
-        util = load.get("resource_utilization") or {}
-        memory = util.get("system_memory_percent")
-        error_rate = perf.get("error_rate")
-        # CPU is not passed: a busy worker saturating its core is working, not exhausted;
-        # memory exhaustion (§9.4.1) is what kills processes.
-        self.observe(record, HealthReported(
-            now,
-            status=status.status if status is not None else None,
-            memory=memory / 100.0 if isinstance(memory, int | float) else None,
-            error_rate=error_rate if isinstance(error_rate, int | float) else None,
-        ))  # fmt: skip
+        self.observe(record, reported_in_heartbeat(now, msg.payload))
 
     def packet_finished(self, record: ReactorRecord, error_code: str | None) -> None:
         fault = error_code in REACTOR_FAULT_CODES
@@ -205,20 +194,9 @@ class HealthMonitor:
         return True
 
     def _health_result(self, record: ReactorRecord, msg: Result, now: float) -> None:
-        from ..protocol.messages import decode_json
-
-        data: Any = decode_json(msg.payload.data)
-        if not isinstance(data, dict):
-            return
-        resources = data.get("resource_status") or {}
-        memory = resources.get("memory_usage_percent")
-        indicators = data.get("performance_indicators") or {}
-        error_rate = indicators.get("error_rate_5min")
-        self.observe(record, HealthReported(
-            now, status=data.get("status"),
-            memory=memory / 100.0 if isinstance(memory, int | float) else None,
-            error_rate=error_rate if isinstance(error_rate, int | float) else None,
-        ))  # fmt: skip
+        reported = reported_by_health_check(now, decode_json(msg.payload.data))
+        if reported is not None:
+            self.observe(record, reported)
 
     def _probe(self, record: ReactorRecord, kind: CheckKind) -> None:
         link = record.link

@@ -56,6 +56,7 @@ from typing import Any, Final, TypeAlias, assert_never
 
 from .breaker import RollingCounts
 from .errors import InternalError
+from .messages import HeartbeatPayload
 
 __all__ = [
     "DEFAULT_HEALTH_CONFIG",
@@ -305,6 +306,44 @@ class HealthReported:
     cpu: float | None = None
     memory: float | None = None
     error_rate: float | None = None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _percent(value: Any) -> float | None:
+    number = _number(value)
+    return number / 100.0 if number is not None else None
+
+
+def reported_in_heartbeat(now: float, payload: HeartbeatPayload) -> HealthReported:
+    """What a §4.2.4 HEARTBEAT says of the reactor's health (§8.3 load_metrics). CPU is
+    left out: a busy worker saturating its core is working, not exhausted; memory
+    exhaustion (§9.4.1) is what kills processes."""
+    status = payload.health_status
+    util = (payload.load_metrics or {}).get("resource_utilization") or {}
+    return HealthReported(
+        now,
+        status=status.status if status is not None else None,
+        memory=_percent(util.get("system_memory_percent")),
+        error_rate=_number((payload.performance_metrics or {}).get("error_rate")),
+    )
+
+
+def reported_by_health_check(now: float, data: Any) -> HealthReported | None:
+    """What a §9.1.2 cf:health RESULT says (None when its data is not an object)."""
+    if not isinstance(data, Mapping):
+        return None
+    resources = data.get("resource_status") or {}
+    indicators = data.get("performance_indicators") or {}
+    status = data.get("status")
+    return HealthReported(
+        now,
+        status=status if isinstance(status, str) else None,
+        memory=_percent(resources.get("memory_usage_percent")),
+        error_rate=_number(indicators.get("error_rate_5min")),
+    )
 
 
 @dataclass(frozen=True, slots=True)
