@@ -54,9 +54,10 @@ from .ed import (
     event_state,
     opt_int,
     parse_packet,
+    per_runtime,
     require,
-    runtime_of,
     wait_budget_s,
+    wait_within,
 )
 
 if TYPE_CHECKING:
@@ -214,23 +215,22 @@ async def broadcast(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     if scope == "subscribers":
         if ctx.gateway is None:
             delivered, _ = deliver(event_state(ctx), name, message)
-            return {
-                "delivered": delivered,
-                "scope": scope,
-                "topic": name,
-                "reactor_ids": [],
-                "via": "reactor",
-            }
-        res = await ctx.gateway.submit(
-            "ed", "publish", {"topic": name, "event": message}, timeout_ms=_child_timeout_ms(ctx)
-        )
-        out = _result_data(res)
+            via = "reactor"
+        else:
+            res = await ctx.gateway.submit(
+                "ed",
+                "publish",
+                {"topic": name, "event": message},
+                timeout_ms=_child_timeout_ms(ctx),
+            )
+            delivered = int(_result_data(res).get("delivered") or 0)
+            via = "gateway"
         return {
-            "delivered": int(out.get("delivered") or 0),
+            "delivered": delivered,
             "scope": scope,
             "topic": name,
             "reactor_ids": [],
-            "via": "gateway",
+            "via": via,
         }
     gateway = ctx.require_gateway()
     spec = PacketSpec("ed", "signal", {"name": name, "value": message})
@@ -576,11 +576,7 @@ _SYNC: WeakKeyDictionary[ReactorRuntime, SyncState] = WeakKeyDictionary()
 
 
 def sync_state(ctx: Context) -> SyncState:
-    rt = runtime_of(ctx)
-    state = _SYNC.get(rt)
-    if state is None:
-        state = _SYNC[rt] = SyncState()
-    return state
+    return per_runtime(_SYNC, ctx, SyncState)
 
 
 async def sync(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
@@ -602,28 +598,23 @@ async def sync(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
         return _released(barrier, parties, 0.0)
     budget = wait_budget_s(ctx, timeout_ms)
     try:
-        async with asyncio.timeout(budget) as scope:
-            at = await waiter
-        return _released(barrier, parties, (at - arrived) * 1000.0)
-    except TimeoutError:
-        if waiter.done() and not waiter.cancelled():  # released as the timer fired
-            return _released(barrier, parties, (waiter.result() - arrived) * 1000.0)
-        if not scope.expired():
-            raise
-        present = table.waiting(barrier)
-        raise GatewayTimeout(
-            f"Barrier {barrier!r}: {present} of {parties} parties arrived within "
-            f"{round(budget * 1000)} ms",
-            details={
-                "reason": "barrier_timeout",
-                "barrier": barrier,
-                "parties": parties,
-                "arrived": present,
-                "waited_ms": round(budget * 1000),
-            },
-        ) from None
+        at = await wait_within(waiter, budget)
+        if at is not None:
+            return _released(barrier, parties, (at - arrived) * 1000.0)
+        present = table.waiting(barrier)  # counted before this waiter leaves the barrier
     finally:
         table.expire(barrier, waiter)
+    raise GatewayTimeout(
+        f"Barrier {barrier!r}: {present} of {parties} parties arrived within "
+        f"{round(budget * 1000)} ms",
+        details={
+            "reason": "barrier_timeout",
+            "barrier": barrier,
+            "parties": parties,
+            "arrived": present,
+            "waited_ms": round(budget * 1000),
+        },
+    )
 
 
 def _released(barrier: str, parties: int, waited_ms: float) -> dict[str, Any]:

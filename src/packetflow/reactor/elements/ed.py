@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from weakref import WeakKeyDictionary
 
 from ...protocol.chemistry import GROUPS
@@ -52,6 +53,8 @@ DEADLINE_MARGIN_S = 0.05
 SIGNAL_PREFIX = "signal."
 
 Listener = asyncio.Future[dict[str, Any]]
+S = TypeVar("S")
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -74,13 +77,21 @@ def runtime_of(ctx: Context) -> ReactorRuntime:
     return ctx.runtime
 
 
+def per_runtime(
+    table: WeakKeyDictionary[ReactorRuntime, S], ctx: Context, make: Callable[[], S]
+) -> S:
+    """The serving runtime's entry in ``table`` (state kept as long as the runtime lives),
+    made by ``make`` on first use; PF503 when the handler runs without a runtime."""
+    rt = runtime_of(ctx)
+    state = table.get(rt)
+    if state is None:
+        state = table[rt] = make()
+    return state
+
+
 def event_state(ctx: Context) -> EventState:
     """This reactor's event bus, created on first use."""
-    rt = runtime_of(ctx)
-    state = _STATES.get(rt)
-    if state is None:
-        state = _STATES[rt] = EventState()
-    return state
+    return per_runtime(_STATES, ctx, EventState)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +173,20 @@ def wait_budget_s(ctx: Context, timeout_ms: int | None) -> float:
     if timeout_ms is not None:
         budget = min(budget, timeout_ms / 1000.0)
     return max(0.0, budget)
+
+
+async def wait_within(waiter: asyncio.Future[T], budget_s: float) -> T | None:
+    """``await waiter`` for at most ``budget_s``: its result, or None when the budget ran out
+    first (a result set just as the timer fired still counts). The caller cleans up."""
+    try:
+        async with asyncio.timeout(budget_s) as scope:
+            return await waiter
+    except TimeoutError:
+        if waiter.done() and not waiter.cancelled():  # resolved as the timer fired
+            return waiter.result()
+        if not scope.expired():
+            raise
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,20 +273,16 @@ async def listen(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     waiter: Listener = asyncio.get_running_loop().create_future()
     sub = state.bus.subscribe(pattern, waiter, now_ms(), field=data_path("topic"))
     try:
-        async with asyncio.timeout(budget) as scope:
-            return await waiter
-    except TimeoutError:
-        if waiter.done() and not waiter.cancelled():  # delivered as the timer fired
-            return waiter.result()
-        if not scope.expired():
-            raise
+        event = await wait_within(waiter, budget)
+    finally:
+        state.bus.unsubscribe(sub.subscription_id)
+    if event is None:
         waited = round(budget * 1000)
         raise GatewayTimeout(
             f"No event on {pattern!r} within {waited} ms",
             details={"reason": "listen_timeout", "topic": pattern, "waited_ms": waited},
-        ) from None
-    finally:
-        state.bus.unsubscribe(sub.subscription_id)
+        )
+    return event
 
 
 def register(registry: Registry) -> None:
@@ -308,6 +329,7 @@ __all__ = [
     "event_state",
     "listen",
     "parse_packet",
+    "per_runtime",
     "publish",
     "register",
     "runtime_of",
@@ -315,4 +337,5 @@ __all__ = [
     "subscribe",
     "trigger",
     "wait_budget_s",
+    "wait_within",
 ]

@@ -30,16 +30,19 @@ import threading
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
 from ...protocol.errors import InternalError, ServiceUnavailable, invalid_field
 from ..context import Context
 from ..registry import Registry
 from .contract import Deadline, bad, data_path, is_number, missing, show
-from .ed import runtime_of
+from .ed import per_runtime, runtime_of
 from .rm import MAX_CONCURRENT, MIN_CONCURRENT, set_max_concurrent, system_cpu_percent
 from .summary import finite, mean, median, percentile, stddev
+
+if TYPE_CHECKING:
+    from ..runtime import ReactorRuntime
 
 # ---------------------------------------------------------------------------------------------
 # Limits (STYLE 5)
@@ -194,6 +197,13 @@ def linear_trend(series: list[float]) -> Fit:
 # mc:analyze
 
 
+def _all_numbers(values: list[Any], path: str) -> None:
+    """PF002 naming ``<path>[i]`` for the first item of ``values`` that is not a number."""
+    for i, v in enumerate(values):
+        if not is_number(v):
+            raise bad(f"{path}[{i}]", "number", v, "type")
+
+
 def _numbers(value: Any, path: str, field: str | None) -> list[float]:
     """Numbers from a list (or from each record's ``field``); nulls and missing are skipped."""
     if not isinstance(value, list):
@@ -326,7 +336,7 @@ def _samples(value: Any, path: str, deadline: Deadline) -> tuple[list[list[float
             x = [x]
         if not isinstance(x, list) or not x:
             raise bad(f"{where}.x", "non-empty array of numbers", x, "type")
-        for j, v in enumerate(x):
+        for j, v in enumerate(x):  # inline (not _all_numbers): this runs once per sample
             if not is_number(v):
                 raise bad(f"{where}.x[{j}]", "number", v, "type")
         if not is_number(y):
@@ -403,9 +413,7 @@ def _inline_model(value: Any, path: str) -> Model:
     coefs = value.get("coefficients")
     if not isinstance(coefs, list) or not coefs:
         raise bad(f"{path}.coefficients", "non-empty array of numbers", coefs, "type")
-    for j, c in enumerate(coefs):
-        if not is_number(c):
-            raise bad(f"{path}.coefficients[{j}]", "number", c, "type")
+    _all_numbers(coefs, f"{path}.coefficients")
     intercept = value.get("intercept", 0.0)
     if not is_number(intercept):
         raise bad(f"{path}.intercept", "number", intercept, "type")
@@ -468,9 +476,7 @@ def _model_inputs(x: Any, width: int) -> list[list[float]]:
                 "feature_count",
                 f"the model has {width} features; '{data_path(where)}' has {len(row)}",
             )
-        for j, v in enumerate(row):
-            if not is_number(v):
-                raise bad(f"{where}[{j}]", "number", v, "type")
+        _all_numbers(row, where)
         rows.append([float(v) for v in row])
     return rows
 
@@ -496,9 +502,7 @@ def predict(data: dict[str, Any], ctx: Context, store: ModelStore) -> dict[str, 
     value, path = _named_or_input(data, ctx, "series")
     if not isinstance(value, list):
         raise bad(path, "array of numbers", value, "type")
-    for i, v in enumerate(value):
-        if not is_number(v):
-            raise bad(f"{path}[{i}]", "number", v, "type")
+    _all_numbers(value, path)
     if len(value) < 2:
         raise bad(
             path,
@@ -583,7 +587,11 @@ def adapt_decision(
     return AdaptDecision(max(lo, min(hi, old)), "steady")
 
 
-_P99_HISTORY: WeakKeyDictionary[Any, deque[float]] = WeakKeyDictionary()
+_P99_HISTORY: WeakKeyDictionary[ReactorRuntime, deque[float]] = WeakKeyDictionary()
+
+
+def _new_p99_history() -> deque[float]:
+    return deque(maxlen=P99_HISTORY)
 
 
 async def adapt(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
@@ -594,9 +602,7 @@ async def adapt(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     cpu = await system_cpu_percent()
     avg_ms, p99_ms = rt.stats.latency_summary()
     samples = sum(len(s.recent) for s in rt.stats.elements.values())
-    history = _P99_HISTORY.get(rt)
-    if history is None:
-        history = _P99_HISTORY[rt] = deque(maxlen=P99_HISTORY)
+    history = per_runtime(_P99_HISTORY, ctx, _new_p99_history)
     baseline = math.fsum(history) / len(history) if history else None
     old = rt.config.max_concurrent_packets
     decision = adapt_decision(

@@ -19,6 +19,7 @@ import asyncio
 import os
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
@@ -31,7 +32,7 @@ from ...transport import now_ms
 from ..context import Context
 from ..registry import Registry
 from .contract import bad
-from .ed import require, runtime_of
+from .ed import per_runtime, require, runtime_of
 
 if TYPE_CHECKING:
     from ..runtime import ReactorRuntime
@@ -87,20 +88,12 @@ async def system_cpu_percent() -> float:
 
 def queue_figures(rt: ReactorRuntime) -> dict[str, Any]:
     """Queue depth and in-flight packets of the runtime, in total and per group."""
-    queued: dict[str, int] = {}
-    for job in rt.queue:
-        group = job.msg.payload.packet.group
-        queued[group] = queued.get(group, 0) + 1
-    running: dict[str, int] = {}
-    for job in rt.running:
-        group = job.msg.payload.packet.group
-        running[group] = running.get(group, 0) + 1
     return {
         "depth": len(rt.queue),
-        "by_group": queued,
+        "by_group": dict(Counter(job.msg.payload.packet.group for job in rt.queue)),
         "capacity": rt.config.max_queue,
         "in_flight": rt.in_flight,
-        "in_flight_by_group": running,
+        "in_flight_by_group": dict(Counter(job.msg.payload.packet.group for job in rt.running)),
         "max_concurrent_packets": rt.config.max_concurrent_packets,
         "load_factor": round(rt.load_factor, 4),
     }
@@ -134,14 +127,12 @@ def machine_capacity() -> Capacity:
     return Capacity(float(memory), int(slots))
 
 
+def _new_ledger() -> ResourceLedger:
+    return ResourceLedger(machine_capacity(), id_prefix=f"alloc_{uuid.uuid4().hex[:8]}_")
+
+
 def ledger_of(ctx: Context) -> ResourceLedger:
-    rt = runtime_of(ctx)
-    ledger = _LEDGERS.get(rt)
-    if ledger is None:
-        ledger = _LEDGERS[rt] = ResourceLedger(
-            machine_capacity(), id_prefix=f"alloc_{uuid.uuid4().hex[:8]}_"
-        )
-    return ledger
+    return per_runtime(_LEDGERS, ctx, _new_ledger)
 
 
 async def allocate(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
