@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,9 @@ import msgspec
 import pytest
 
 from packetflow.gateway import coordinator as coord
-from packetflow.gateway.coordinator import MoleculeCoordinator, Observed, suggest
+from packetflow.gateway.coordinator import MoleculeCoordinator
 from packetflow.gateway.journal import JournalError
+from packetflow.protocol import optimizer
 from packetflow.protocol.chemistry import STANDARD_MATRIX
 from packetflow.protocol.errors import PacketFlowError
 from packetflow.protocol.messages import (
@@ -39,6 +39,9 @@ from packetflow.protocol.messages import (
     error_envelope,
 )
 from packetflow.protocol.molecules import parse_molecule
+from packetflow.protocol.optimizer import Observed, suggest
+
+from .expect import poll
 
 # ---------------------------------------------------------------- the fake gateway
 
@@ -233,17 +236,21 @@ def pk(pid: str, element: str = "transform", group: str = "df", **extra: Any) ->
     return {"id": pid, "group": group, "element": element, "data": {"n": pid}, **extra}
 
 
+def bond(src: str, dst: str, kind: str = "ionic") -> dict[str, Any]:
+    return {"from": src, "to": dst, "type": kind}
+
+
+def send(coordinator: MoleculeCoordinator, message: Coordinate) -> FakePeer:
+    """Hand ``message`` to the coordinator from a new client connection, returned."""
+    peer = FakePeer()
+    coordinator.on_message(cast(Any, peer), message)
+    return peer
+
+
 async def settle() -> None:
     """Let the coordinator's call_soon flushes run (no timing involved)."""
     for _ in range(5):
         await asyncio.sleep(0)
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -268,11 +275,7 @@ async def test_initiate_is_journaled_before_any_packet_or_acknowledgement(
 ) -> None:
     """DESIGN §6: nothing is acknowledged (or started) before it is journaled."""
     coordinator, gateway = env
-    peer = FakePeer()
-    coordinator.on_message(
-        cast(Any, peer),
-        initiate("m1", [pk("a"), pk("b")], [{"from": "a", "to": "b", "type": "ionic"}]),
-    )
+    peer = send(coordinator, initiate("m1", [pk("a"), pk("b")], [bond("a", "b")]))
     db = tmp_path / "molecules.sqlite3"
     assert peer.frames == [] and gateway.sent == []
     assert journal_rows(db, "SELECT * FROM molecules") == []
@@ -292,17 +295,9 @@ async def test_dataflow_fills_metadata_inputs_and_completes(
     env: tuple[MoleculeCoordinator, FakeGateway],
 ) -> None:
     coordinator, gateway = env
-    peer = FakePeer()
-    coordinator.on_message(
-        cast(Any, peer),
-        initiate(
-            "m2",
-            [pk("a"), pk("b"), pk("c")],
-            [
-                {"from": "a", "to": "b", "type": "ionic"},
-                {"from": "a", "to": "c", "type": "covalent"},
-            ],
-        ),
+    peer = send(
+        coordinator,
+        initiate("m2", [pk("a"), pk("b"), pk("c")], [bond("a", "b"), bond("a", "c", "covalent")]),
     )
     await settle()
     a = gateway.find("a")
@@ -334,8 +329,7 @@ async def test_progress_coalesces_changes_within_one_iteration(
     env: tuple[MoleculeCoordinator, FakeGateway],
 ) -> None:
     coordinator, gateway = env
-    peer = FakePeer()
-    coordinator.on_message(cast(Any, peer), initiate("m3", [pk(p) for p in "abcd"]))
+    peer = send(coordinator, initiate("m3", [pk(p) for p in "abcd"]))
     await settle()
     before = len(peer.frames)
     for pid in "abc":
@@ -353,10 +347,8 @@ async def test_retry_avoids_the_reactor_that_failed(
     env: tuple[MoleculeCoordinator, FakeGateway],
 ) -> None:
     coordinator, gateway = env
-    peer = FakePeer()
-    coordinator.on_message(
-        cast(Any, peer),
-        initiate("m4", [pk("a")], fault_tolerance="retry_failed_stages", max_retries=2),
+    peer = send(
+        coordinator, initiate("m4", [pk("a")], fault_tolerance="retry_failed_stages", max_retries=2)
     )
     await settle()
     first = gateway.sent[0]
@@ -379,18 +371,7 @@ async def test_resume_after_a_crash_reruns_nothing_finished(tmp_path: Path) -> N
     gateway1 = FakeGateway(tmp_path)
     first = MoleculeCoordinator(cast(Any, gateway1))
     await first.start()
-    peer = FakePeer()
-    first.on_message(
-        cast(Any, peer),
-        initiate(
-            "m5",
-            [pk("a"), pk("b"), pk("c")],
-            [
-                {"from": "a", "to": "b", "type": "ionic"},
-                {"from": "b", "to": "c", "type": "ionic"},
-            ],
-        ),
-    )
+    send(first, initiate("m5", [pk("a"), pk("b"), pk("c")], [bond("a", "b"), bond("b", "c")]))
     await settle()
     succeed(gateway1.find("a"), {"result": "A"})
     await settle()
@@ -409,7 +390,7 @@ async def test_resume_after_a_crash_reruns_nothing_finished(tmp_path: Path) -> N
         await settle()
         assert gateway2.sent == []
         gateway2.registry.online = True
-        await until(lambda: gateway2.sent)
+        await poll(lambda: gateway2.sent, "the resumed packet to be resubmitted")
         (b_again,) = gateway2.sent
         assert b_again.packet.id == b_before.packet.id
         assert b_again.packet.metadata["inputs"] == {"a": {"result": "A"}}
@@ -433,7 +414,7 @@ async def test_finished_molecules_are_answered_from_the_journal(
     env: tuple[MoleculeCoordinator, FakeGateway],
 ) -> None:
     coordinator, gateway = env
-    coordinator.on_message(cast(Any, FakePeer()), initiate("m6", [pk("a")]))
+    send(coordinator, initiate("m6", [pk("a")]))
     await settle()
     succeed(gateway.find("a"), {"result": 1})
     await settle()
@@ -450,10 +431,7 @@ async def test_finished_molecules_are_answered_from_the_journal(
         (
             {
                 "packets": [pk("a"), pk("b")],
-                "bonds": [
-                    {"from": "a", "to": "b", "type": "ionic"},
-                    {"from": "b", "to": "a", "type": "ionic"},
-                ],
+                "bonds": [bond("a", "b"), bond("b", "a")],
             },
             "PF102",
             "payload.molecular_structure.bonds[1]",
@@ -479,9 +457,8 @@ async def test_bad_molecules_get_one_error_and_nothing_runs(
     field: str,
 ) -> None:
     coordinator, gateway = env
-    peer = FakePeer()
-    coordinator.on_message(
-        cast(Any, peer),
+    peer = send(
+        coordinator,
         coordinate(
             {
                 "coordination_type": "initiate",
@@ -505,18 +482,14 @@ async def test_requests_for_unknown_molecules_name_the_field(
 ) -> None:
     coordinator, _ = env
     for kind in ("abort", "status", "optimize"):
-        peer = FakePeer()
-        coordinator.on_message(
-            cast(Any, peer), coordinate({"coordination_type": kind, "molecule_id": "ghost"})
-        )
+        peer = send(coordinator, coordinate({"coordination_type": kind, "molecule_id": "ghost"}))
         (frame,) = peer.frames
         details = frame["payload"]["error_details"]
         assert frame["payload"]["error_code"] == "PF002"
         assert details["field"] == "payload.molecule_id"
         assert details["validation_rule"] == "known_molecule"
         assert details["molecule_id"] == "ghost"
-    peer = FakePeer()
-    coordinator.on_message(cast(Any, peer), coordinate({"coordination_type": "complete"}))
+    peer = send(coordinator, coordinate({"coordination_type": "complete"}))
     assert peer.frames[0]["payload"]["error_details"]["field"] == "payload.coordination_type"
 
 
@@ -524,9 +497,8 @@ async def test_a_running_id_cannot_be_initiated_twice(
     env: tuple[MoleculeCoordinator, FakeGateway],
 ) -> None:
     coordinator, _ = env
-    coordinator.on_message(cast(Any, FakePeer()), initiate("dup", [pk("a")]))
-    peer = FakePeer()
-    coordinator.on_message(cast(Any, peer), initiate("dup", [pk("a")]))
+    send(coordinator, initiate("dup", [pk("a")]))
+    peer = send(coordinator, initiate("dup", [pk("a")]))
     assert peer.frames[0]["payload"]["error_details"]["validation_rule"] == "unique_running"
 
 
@@ -541,8 +513,7 @@ async def test_a_journal_failure_refuses_the_initiate(
         raise JournalError("disk full")
 
     monkeypatch.setattr(journal, "commit", broken)
-    peer = FakePeer()
-    coordinator.on_message(cast(Any, peer), initiate("m7", [pk("a")]))
+    peer = send(coordinator, initiate("m7", [pk("a")]))
     await settle()
     assert gateway.sent == []
     (frame,) = peer.frames
@@ -555,14 +526,10 @@ async def test_abort_cancels_and_answers_both_streams(
     env: tuple[MoleculeCoordinator, FakeGateway],
 ) -> None:
     coordinator, gateway = env
-    watcher, admin = FakePeer(), FakePeer()
-    coordinator.on_message(
-        cast(Any, watcher),
-        initiate("m8", [pk("a"), pk("b")], [{"from": "a", "to": "b", "type": "ionic"}]),
-    )
+    watcher = send(coordinator, initiate("m8", [pk("a"), pk("b")], [bond("a", "b")]))
     await settle()
-    coordinator.on_message(
-        cast(Any, admin),
+    admin = send(
+        coordinator,
         coordinate({"coordination_type": "abort", "molecule_id": "m8"}, message_id="msg_abort"),
     )
     await settle()
@@ -578,9 +545,8 @@ async def test_abort_cancels_and_answers_both_streams(
 
 async def test_molecule_timeout(env: tuple[MoleculeCoordinator, FakeGateway]) -> None:
     coordinator, _ = env
-    peer = FakePeer()
-    coordinator.on_message(cast(Any, peer), initiate("m9", [pk("a")], timeout_ms=30))
-    await until(lambda: peer.payloads("complete"))
+    peer = send(coordinator, initiate("m9", [pk("a")], timeout_ms=30))
+    await poll(lambda: peer.payloads("complete"), "the molecule to time out")
     final = peer.payloads("complete")[0]
     assert final["status"] == "timeout" and final["error"]["error_code"] == "PF504"
 
@@ -589,19 +555,15 @@ async def test_optimize_apply_starts_a_freed_target(
     env: tuple[MoleculeCoordinator, FakeGateway],
 ) -> None:
     coordinator, gateway = env
-    peer = FakePeer()
-    coordinator.on_message(
-        cast(Any, peer),
+    peer = send(
+        coordinator,
         initiate(
-            "m10",
-            [pk("slow", "sleep"), pk("ping", "ping", group="cf")],
-            [{"from": "slow", "to": "ping", "type": "ionic"}],
+            "m10", [pk("slow", "sleep"), pk("ping", "ping", group="cf")], [bond("slow", "ping")]
         ),
     )
     await settle()
-    admin = FakePeer()
-    coordinator.on_message(
-        cast(Any, admin),
+    admin = send(
+        coordinator,
         coordinate({"coordination_type": "optimize", "molecule_id": "m10", "apply": True}),
     )
     await settle()
@@ -619,10 +581,7 @@ async def test_plan_answers_validate_reserve_execute(
     coordinator, gateway = env
     structure = {
         "packets": [pk("a"), pk("b"), pk("c")],
-        "bonds": [
-            {"from": "a", "to": "b", "type": "ionic"},
-            {"from": "a", "to": "c", "type": "ionic"},
-        ],
+        "bonds": [bond("a", "b"), bond("a", "c")],
     }
     plan = coordinator.plan("execute", {"molecular_structure": structure}, path="payload")
     assert [s["packets"] for s in plan["execution_plan"]["stages"]] == [["a"], ["b", "c"]]
@@ -695,18 +654,15 @@ def test_suggest_groups_covalent_pairs_on_the_reactor_that_ran_them() -> None:
                 {"id": "b", "group": "df", "element": "transform"},
                 {"id": "c", "group": "df", "element": "transform"},
             ],
-            "bonds": [
-                {"from": "a", "to": "b", "type": "covalent"},
-                {"from": "b", "to": "c", "type": "ionic"},
-            ],
+            "bonds": [bond("a", "b", "covalent"), bond("b", "c")],
         }
     )
     observed = {
         "a": _observed(reactor="r2"),
         "b": _observed(reactor="r2"),
-        "c": _observed(reactor="r1", size=coord.LOCALITY_MIN_BYTES),
+        "c": _observed(reactor="r1", size=optimizer.LOCALITY_MIN_BYTES),
     }
-    observed["b"] = _observed(reactor="r2", size=coord.LOCALITY_MIN_BYTES)
+    observed["b"] = _observed(reactor="r2", size=optimizer.LOCALITY_MIN_BYTES)
     result = suggest(
         molecule,
         list(molecule.bonds),
@@ -719,4 +675,4 @@ def test_suggest_groups_covalent_pairs_on_the_reactor_that_ran_them() -> None:
     assert group["packet_group"] == ["a", "b", "c"]
     assert group["preferred_reactor"] == "r2"
     assert group["reason"] == "frequent_data_exchange"
-    assert group["affinity_boost"] == coord.LOCALITY_AFFINITY_BOOST
+    assert group["affinity_boost"] == optimizer.LOCALITY_AFFINITY_BOOST

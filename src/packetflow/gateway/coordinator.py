@@ -40,8 +40,9 @@ How it works, and the choices DESIGN leaves open:
 - Cancelling a packet forgets it: its late reply is ignored. The gateway has no call that
   withdraws a packet from a reactor yet, so the reactor finishes it.
 - ``optimize`` (§7.4) suggestions come from the structure and observed history (see
-  ``suggest``); ``apply: true`` applies them to a running molecule's packets that have not
-  started yet (bond strengths, ionic → metallic for data-free chains, reactor locality).
+  ``protocol.optimizer.suggest``); ``apply: true`` applies them to a running molecule's
+  packets that have not started yet (bond strengths, ionic → metallic for data-free chains,
+  reactor locality).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
@@ -93,15 +94,15 @@ from ..protocol.messages import (
     error_envelope,
 )
 from ..protocol.molecules import (
-    DEFAULT_STRENGTH,
     Bond,
     Molecule,
     MoleculePacket,
+    blocking_sources,
+    execution_plan,
     parse_molecule,
-    stages,
-    topological_order,
     validate_molecule,
 )
+from ..protocol.optimizer import Observed, Suggestions, observed_from_snapshot, suggest
 from ..protocol.packets import PACKET_ID_MAX_LEN, default_priority, effective_timeout_ms
 from ..protocol.planner import (
     ACTIVE_STATES,
@@ -152,12 +153,6 @@ PROGRESS_MIN_INTERVAL_S: Final = 0.05
 CHECKPOINT_EVERY_EVENTS: Final = 5000
 # Element kinds whose observed durations are kept for estimates (reserve, optimize).
 HISTORY_MAX_KINDS: Final = 1024
-# §7.4.2: a bond carrying at least this much data counts as "frequent_data_exchange".
-LOCALITY_MIN_BYTES: Final = 64 * 1024
-# §7.4.2's example affinity_boost for a locality group.
-LOCALITY_AFFINITY_BOOST: Final = 0.2
-# A weakened bond keeps at least this strength (0 would drop it from stability).
-MIN_SUGGESTED_STRENGTH: Final = 0.1
 # §7.3 phase 1's check names, reported by `validate`.
 VALIDATION_CHECKS: Final = (
     "packet_availability",
@@ -167,8 +162,6 @@ VALIDATION_CHECKS: Final = (
     "circular_dependency_detection",
 )
 OPTIMIZATION_TYPES: Final = ("bond_strength", "locality", "parallelization")
-# Elements known to read no upstream inputs (DESIGN §10): chains into them carry no data.
-_INPUT_FREE_ELEMENTS: Final = frozenset({("cf", "ping"), ("cf", "health"), ("cf", "introspect")})
 
 _HTTP_STATUS: Final = {"PF001": 400, "PF002": 400, "PF003": 503, "PF004": 429, "PF102": 400,
                        "PF503": 503, "PF504": 504}  # fmt: skip
@@ -257,14 +250,6 @@ class _Molecule:
 
     def meta(self) -> dict[str, Any]:
         return {"initiated_by": self.initiated_by, "locality": self.locality}
-
-
-def _blocking_sources(molecule: Molecule) -> dict[str, list[str]]:
-    incoming: dict[str, list[str]] = {p.id: [] for p in molecule.packets}
-    for bond in molecule.bonds:
-        if bond.blocking:
-            incoming[bond.target].append(bond.source)
-    return incoming
 
 
 # ---------------------------------------------------------------- the coordinator
@@ -473,7 +458,7 @@ class MoleculeCoordinator:
         run = _Run(molecule, now)
         state = _Molecule(
             molecule_id=mid, run=run, run_id=os.urandom(4).hex(), initiated_by=initiated_by,
-            initiator=initiator, incoming=_blocking_sources(molecule),
+            initiator=initiator, incoming=blocking_sources(molecule.packet_ids, molecule.bonds),
             accepted=asyncio.get_running_loop().create_future(),
         )  # fmt: skip
         self.finished.pop(mid, None)
@@ -700,7 +685,7 @@ class MoleculeCoordinator:
                     state.locality[pid] = loc["preferred_reactor"]
         new_run, out = _Run.restore(snapshot, now)
         state.run = cast(_Run, new_run)
-        state.incoming = _blocking_sources(state.run.molecule)
+        state.incoming = blocking_sources(state.run.molecule.packet_ids, state.run.molecule.bonds)
         # Packets still on a reactor keep their reply tokens; only newly free ones start.
         out = [i for i in out if not (isinstance(i, StartPacket) and i.packet_id in state.inflight)]
         journal = self.journal
@@ -1053,7 +1038,7 @@ class MoleculeCoordinator:
         state = _Molecule(
             molecule_id=stored.molecule_id, run=run, run_id=stored.run_token,
             initiated_by=str(meta.get("initiated_by") or new_message_id()), initiator=None,
-            incoming=_blocking_sources(run.molecule),
+            incoming=blocking_sources(run.molecule.packet_ids, run.molecule.bonds),
             locality=dict(meta.get("locality") or {}),
         )  # fmt: skip
         for pid, track in run.snapshot()["packets"].items():
@@ -1235,27 +1220,6 @@ def _replay(run: MoleculeRun, event: JournalEvent) -> None:
     # "packet_submitted" rows are an audit trail only.
 
 
-def execution_plan(molecule: Molecule) -> dict[str, Any]:
-    """§7.3 phase 3: the stages (longest-path depth over blocking bonds, reporting only:
-    execution is dataflow, DESIGN §7) with the stages each depends on."""
-    depth = stages(molecule)
-    by_stage: dict[int, list[str]] = {}
-    for pid in molecule.packet_ids:
-        by_stage.setdefault(depth[pid], []).append(pid)
-    needs: dict[int, set[int]] = {s: set() for s in by_stage}
-    for bond in molecule.bonds:
-        if bond.blocking:
-            needs[depth[bond.target]].add(depth[bond.source])
-    return {
-        "total_stages": len(by_stage),
-        "stages": [
-            {"stage_id": s, "packets": by_stage[s], "parallel_execution": len(by_stage[s]) > 1,
-             "dependencies": sorted(needs[s])}
-            for s in sorted(by_stage)
-        ],
-    }  # fmt: skip
-
-
 def describe_run(
     run: _Run, kind: str, *, coordinator_id: str, run_id: str, initiated_by: str
 ) -> dict[str, Any]:
@@ -1309,239 +1273,3 @@ def describe_run(
             if relevant:
                 payload["error"] = errors[relevant[0]]
     return payload
-
-
-# ---------------------------------------------------------------- §7.4 suggestions (pure)
-
-
-@dataclass(frozen=True, slots=True)
-class Observed:
-    """What a run saw of one packet (from ``MoleculeRun.snapshot()``)."""
-
-    state: str
-    attempts: int
-    failed_attempts: int
-    duration_ms: float | None
-    reactor_id: str | None
-    result_bytes: int
-
-
-def observed_from_snapshot(snapshot: Mapping[str, Any]) -> dict[str, Observed]:
-    out: dict[str, Observed] = {}
-    for pid, t in snapshot.get("packets", {}).items():
-        began = t.get("dispatched_at") if t.get("dispatched_at") is not None else t.get(
-            "issued_at")  # fmt: skip
-        end = t.get("finished_at")
-        duration = (end - began) * 1000 if began is not None and end is not None else None
-        result = t.get("result")
-        size = len(encode_json(result)) if result is not None else 0
-        out[pid] = Observed(t.get("state", "pending"), int(t.get("attempts", 0)),
-                            int(t.get("failed_attempts", 0)), duration, t.get("reactor_id"),
-                            size)  # fmt: skip
-    return out
-
-
-@dataclass(slots=True)
-class Suggestions:
-    adjustments: list[dict[str, Any]]
-    locality: list[dict[str, Any]]
-    parallel: list[dict[str, Any]]
-    expected_improvement: dict[str, Any]
-    structure: dict[str, Any]
-
-
-def _carries_data(bond: Bond, target: MoleculePacket) -> bool:
-    """Whether ``bond`` may carry data into ``target`` (DESIGN §10 input rule): a bond
-    that names a data_flow does; a target with an explicit ``data.input`` (df/mc), inline
-    ``rows`` or a ``source`` (df:load), or a control element that reads no inputs does
-    not. Anything else (user elements) is assumed to read ``ctx.inputs``."""
-    conditions = bond.conditions or {}
-    if conditions.get("data_flow"):
-        return True
-    data = target.data if isinstance(target.data, dict) else {}
-    if target.group in ("df", "mc") and any(k in data for k in ("input", "rows", "source")):
-        return False
-    return (target.group, target.element) not in _INPUT_FREE_ELEMENTS
-
-
-def _critical_path_ms(
-    molecule: Molecule, bonds: Iterable[Bond], duration: Callable[[str], float]
-) -> float:
-    blocking = [b for b in bonds if b.blocking]
-    finish: dict[str, float] = {}
-    incoming: dict[str, list[str]] = {p: [] for p in molecule.packet_ids}
-    for bond in blocking:
-        incoming[bond.target].append(bond.source)
-    for pid in topological_order(molecule.packet_ids, blocking):
-        start = max((finish[s] for s in incoming[pid]), default=0.0)
-        finish[pid] = start + duration(pid)
-    return max(finish.values(), default=0.0)
-
-
-def suggest(
-    molecule: Molecule,
-    bonds: list[Bond],
-    observed: Mapping[str, Observed],
-    expected_ms: Callable[[MoleculePacket], float | None],
-    reactors_for: Callable[[MoleculePacket], set[str]],
-    *,
-    wanted: set[str],
-) -> Suggestions:
-    """§7.4's three optimizations, from the structure and what was observed.
-
-    - bond_strength (§7.4.1, §10.4.1): a bond whose source failed attempts is weakened in
-      proportion ("observed_source_failures"); a data-free ionic bond drops to metallic's
-      strength ("observed_parallel_capability"); a bond below its type's nominal strength
-      (§7.2) whose source succeeded first time is strengthened ("successful_path").
-    - locality (§7.4.2): covalent pairs, and pairs exchanging ≥ LOCALITY_MIN_BYTES, grouped
-      on the reactor that ran most of them (else any reactor serving all their elements).
-    - parallelization (§7.4.3): chains of ionic bonds that carry no data and do not
-      require success become metallic (DESIGN §7: never waits; vdw would still wait and
-      would make the target an observer).
-    ``expected_improvement`` compares the critical path (observed or historical durations)
-    before and after. ``structure`` is the molecule with every suggestion applied.
-    """
-    packets = {p.id: p for p in molecule.packets}
-
-    def duration(pid: str) -> float:
-        seen = observed.get(pid)
-        if seen is not None and seen.duration_ms is not None:
-            return seen.duration_ms
-        return expected_ms(packets[pid]) or 0.0
-
-    free = [
-        b for b in bonds
-        if b.type == "ionic" and not _carries_data(b, packets[b.target])
-        and not (b.conditions or {}).get("success_required")
-    ]  # fmt: skip
-    free_pairs = {(b.source, b.target) for b in free}
-
-    adjustments: list[dict[str, Any]] = []
-    if "bond_strength" in wanted:
-        for bond in bonds:
-            seen = observed.get(bond.source)
-            nominal = DEFAULT_STRENGTH[bond.type]
-            new: float | None = None
-            reason = ""
-            if seen is not None and seen.attempts > 0 and seen.failed_attempts > 0:
-                ratio = min(seen.failed_attempts / seen.attempts, 1.0)
-                candidate = round(max(MIN_SUGGESTED_STRENGTH, bond.strength * (1 - ratio)), 2)
-                if candidate < bond.strength:
-                    new, reason = candidate, "observed_source_failures"
-            elif (bond.source, bond.target) in free_pairs and bond.strength > DEFAULT_STRENGTH[
-                "metallic"
-            ]:
-                new, reason = DEFAULT_STRENGTH["metallic"], "observed_parallel_capability"
-            elif (
-                seen is not None and seen.state == "succeeded" and seen.failed_attempts == 0
-                and bond.strength < nominal - 0.05
-            ):  # fmt: skip
-                new, reason = nominal, "successful_path"
-            if new is not None:
-                adjustments.append({
-                    "bond_id": bond.id or f"{bond.source}->{bond.target}",
-                    "from": bond.source, "to": bond.target, "bond_type": bond.type,
-                    "old_strength": bond.strength, "new_strength": new, "reason": reason,
-                })  # fmt: skip
-
-    locality: list[dict[str, Any]] = []
-    if "locality" in wanted:
-        parent = {p: p for p in packets}
-
-        def root(x: str) -> str:
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
-        reasons: dict[tuple[str, str], str] = {}
-        for bond in bonds:
-            seen = observed.get(bond.source)
-            if bond.type == "covalent":
-                reasons[(bond.source, bond.target)] = "covalent_bond"
-            elif (bond.type == "ionic" and seen is not None
-                  and seen.result_bytes >= LOCALITY_MIN_BYTES):  # fmt: skip
-                reasons[(bond.source, bond.target)] = "frequent_data_exchange"
-            else:
-                continue
-            parent[root(bond.source)] = root(bond.target)
-        groups: dict[str, list[str]] = {}
-        for pid in molecule.packet_ids:
-            if any(pid in pair for pair in reasons):
-                groups.setdefault(root(pid), []).append(pid)
-        for members in groups.values():
-            if len(members) < 2:
-                continue
-            common: set[str] | None = None
-            for pid in members:
-                serving = reactors_for(packets[pid])
-                common = serving if common is None else common & serving
-            ran = [observed[p].reactor_id for p in members
-                   if p in observed and observed[p].reactor_id]  # fmt: skip
-            preferred = None
-            for rid in sorted(set(ran), key=lambda r: (-ran.count(r), r)):
-                if common is None or rid in common or not common:
-                    preferred = rid
-                    break
-            if preferred is None and common:
-                preferred = sorted(common)[0]
-            why = {reasons[p] for p in reasons if p[0] in members}
-            locality.append({
-                "packet_group": members, "preferred_reactor": preferred,
-                "reason": "frequent_data_exchange" if "frequent_data_exchange" in why
-                else "covalent_bond",
-                "affinity_boost": LOCALITY_AFFINITY_BOOST,
-                "observed_reactors": {p: observed[p].reactor_id for p in members
-                                      if p in observed and observed[p].reactor_id},
-            })  # fmt: skip
-
-    parallel: list[dict[str, Any]] = []
-    if "parallelization" in wanted and free:
-        parent2 = {p: p for p in packets}
-
-        def root2(x: str) -> str:
-            while parent2[x] != x:
-                parent2[x] = parent2[parent2[x]]
-                x = parent2[x]
-            return x
-
-        for bond in free:
-            parent2[root2(bond.source)] = root2(bond.target)
-        comps: dict[str, list[Bond]] = {}
-        for bond in free:
-            comps.setdefault(root2(bond.source), []).append(bond)
-        for comp in comps.values():
-            members = [p for p in molecule.packet_ids
-                       if any(p in (b.source, b.target) for b in comp)]  # fmt: skip
-            parallel.append({
-                "packets": members,
-                "bonds": [{"from": b.source, "to": b.target} for b in comp],
-                "original_bonds": [b.type for b in comp],
-                "optimized_bonds": ["metallic"] * len(comp),
-                "safety_analysis": "no_data_flow_detected",
-            })  # fmt: skip
-
-    after = list(bonds)
-    converted = {(pair["from"], pair["to"]) for g in parallel for pair in g["bonds"]}
-    new_strength = {(a["from"], a["to"]): a["new_strength"] for a in adjustments}
-    after = [
-        replace(
-            b,
-            type="metallic" if (b.source, b.target) in converted else b.type,
-            strength=new_strength.get((b.source, b.target), b.strength),
-        )
-        for b in bonds
-    ]
-    before_ms = _critical_path_ms(molecule, bonds, duration)
-    after_ms = _critical_path_ms(molecule, after, duration)
-    reduction = max(before_ms - after_ms, 0.0)
-    improvement = {
-        "latency_reduction_ms": round(reduction, 3),
-        "throughput_increase_percent": round((before_ms / after_ms - 1) * 100, 1)
-        if after_ms > 0 else 0.0,
-        "critical_path_ms_before": round(before_ms, 3),
-        "critical_path_ms_after": round(after_ms, 3),
-    }  # fmt: skip
-    structure = molecule.to_dict()
-    structure["bonds"] = [b.to_dict() for b in after]
-    return Suggestions(adjustments, locality, parallel, improvement, structure)

@@ -17,7 +17,7 @@ How validation reports problems (DESIGN §3, §7):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
@@ -93,6 +93,12 @@ def _is_number(value: Any) -> bool:
 # ---------------------------------------------------------------- the model
 
 
+def _with_set(out: dict[str, Any], **optional: Any) -> dict[str, Any]:
+    """``out`` plus each optional field that is set (None: left off the wire form)."""
+    out.update((name, value) for name, value in optional.items() if value is not None)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class MoleculePacket:
     """One packet of a molecule (§7.1). ``priority``/``timeout_ms`` None = the element's
@@ -108,21 +114,13 @@ class MoleculePacket:
     position: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": self.id,
-            "group": self.group,
-            "element": self.element,
-            "data": self.data,
-        }
-        if self.priority is not None:
-            out["priority"] = self.priority
-        if self.timeout_ms is not None:
-            out["timeout_ms"] = self.timeout_ms
-        if self.dependencies:
-            out["dependencies"] = list(self.dependencies)
-        if self.position is not None:
-            out["position"] = dict(self.position)
-        return out
+        return _with_set(
+            {"id": self.id, "group": self.group, "element": self.element, "data": self.data},
+            priority=self.priority,
+            timeout_ms=self.timeout_ms,
+            dependencies=list(self.dependencies) if self.dependencies else None,
+            position=dict(self.position) if self.position is not None else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,17 +146,12 @@ class Bond:
         return self.type in BLOCKING_BOND_TYPES
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "from": self.source,
-            "to": self.target,
-            "type": self.type,
-            "strength": self.strength,
-        }
-        if self.id is not None:
-            out["id"] = self.id
-        if self.conditions is not None:
-            out["conditions"] = dict(self.conditions)
-        return out
+        return _with_set(
+            {"from": self.source, "to": self.target, "type": self.type,
+             "strength": self.strength},
+            id=self.id,
+            conditions=dict(self.conditions) if self.conditions is not None else None,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,11 +180,8 @@ class MoleculeProperties:
             stability_threshold=self.stability_threshold,
             healing=self.healing,
         )
-        if self.timeout_ms is not None:
-            out["timeout_ms"] = self.timeout_ms
-        if self.optimization_target is not None:
-            out["optimization_target"] = self.optimization_target
-        return out
+        return _with_set(out, timeout_ms=self.timeout_ms,
+                         optimization_target=self.optimization_target)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,15 +215,15 @@ class Molecule:
     def to_dict(self) -> dict[str, Any]:
         """The canonical §7.1 form (every bond spelled ``{from, to, type, strength}``);
         ``parse_molecule`` of it gives back an equal molecule."""
-        out: dict[str, Any] = {
-            "molecule_id": self.molecule_id,
-            "packets": [p.to_dict() for p in self.packets],
-            "bonds": [b.to_dict() for b in self.bonds],
-            "properties": self.properties.to_dict(),
-        }
-        if self.version is not None:
-            out["version"] = self.version
-        return out
+        return _with_set(
+            {
+                "molecule_id": self.molecule_id,
+                "packets": [p.to_dict() for p in self.packets],
+                "bonds": [b.to_dict() for b in self.bonds],
+                "properties": self.properties.to_dict(),
+            },
+            version=self.version,
+        )
 
 
 # ---------------------------------------------------------------- parsing
@@ -719,13 +709,20 @@ def topological_order(packet_ids: Sequence[str], bonds: Sequence[Bond]) -> list[
     return order
 
 
+def blocking_sources(packet_ids: Sequence[str], bonds: Iterable[Bond]) -> dict[str, list[str]]:
+    """For each packet, the sources of the blocking bonds into it: what it waits for."""
+    incoming: dict[str, list[str]] = {p: [] for p in packet_ids}
+    for bond in bonds:
+        if bond.blocking:
+            incoming[bond.target].append(bond.source)
+    return incoming
+
+
 def stage_depths(packet_ids: Sequence[str], bonds: Sequence[Bond]) -> dict[str, int]:
     """Longest-path depth (1-based) of each packet over the blocking bonds."""
     blocking = [b for b in bonds if b.blocking]
     depth = dict.fromkeys(packet_ids, 1)
-    incoming: dict[str, list[str]] = {p: [] for p in packet_ids}
-    for bond in blocking:
-        incoming[bond.target].append(bond.source)
+    incoming = blocking_sources(packet_ids, blocking)
     for node in topological_order(packet_ids, blocking):
         for src in incoming[node]:
             depth[node] = max(depth[node], depth[src] + 1)
@@ -740,6 +737,27 @@ def stages(molecule: Molecule) -> dict[str, int]:
     it can run. Metallic bonds never delay their target and do not count.
     """
     return stage_depths(molecule.packet_ids, molecule.bonds)
+
+
+def execution_plan(molecule: Molecule) -> dict[str, Any]:
+    """§7.3 phase 3: the stages (longest-path depth over blocking bonds, reporting only:
+    execution is dataflow, DESIGN §7) with the stages each depends on."""
+    depth = stages(molecule)
+    by_stage: dict[int, list[str]] = {}
+    for pid in molecule.packet_ids:
+        by_stage.setdefault(depth[pid], []).append(pid)
+    needs: dict[int, set[int]] = {s: set() for s in by_stage}
+    for bond in molecule.bonds:
+        if bond.blocking:
+            needs[depth[bond.target]].add(depth[bond.source])
+    return {
+        "total_stages": len(by_stage),
+        "stages": [
+            {"stage_id": s, "packets": by_stage[s], "parallel_execution": len(by_stage[s]) > 1,
+             "dependencies": sorted(needs[s])}
+            for s in sorted(by_stage)
+        ],
+    }  # fmt: skip
 
 
 def total_stages(molecule: Molecule) -> int:
