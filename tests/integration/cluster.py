@@ -58,15 +58,25 @@ class Cluster:
     # share a molecule journal (the journal is locked to one gateway) or df:save files.
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pf-cluster-")))
 
-    def _start(self, args: list[str]) -> Node:
-        proc = spawn(["--log-level", "WARNING", *args], new_session=False)
+    def adopt(self, proc: Popen[bytes], what: str) -> Node:
+        """Wait for the ready line of ``proc`` (a packetflow process started with its stdout
+        piped) and keep it as one of this cluster's nodes."""
         ready = read_ready(proc, START_TIMEOUT_S)
         if ready is None:
             stop_all([proc], 2)
-            raise AssertionError(f"packetflow {' '.join(args)} did not start")
+            raise AssertionError(f"{what} did not start")
         node = Node(proc, ready["url"], ready["id"])
         self.nodes.append(node)
         return node
+
+    def wait_linked(self, gateway: Node, reactor: Node) -> None:
+        """Wait until ``gateway`` lists ``reactor`` as healthy."""
+        wait_for(lambda: self.health_of(gateway, reactor.id) == "healthy", START_TIMEOUT_S,
+                 f"reactor {reactor.id} to link")  # fmt: skip
+
+    def _start(self, args: list[str]) -> Node:
+        proc = spawn(["--log-level", "WARNING", *args], new_session=False)
+        return self.adopt(proc, f"packetflow {' '.join(args)}")
 
     def _data_dir(self, args: tuple[str, ...]) -> list[str]:
         if "--data-dir" in args:
@@ -81,8 +91,7 @@ class Cluster:
         extra = ["--gateway", gateway.url] if gateway is not None else []
         node = self._start(["reactor", "--port", "0", *extra, *self._data_dir(args), *args])
         if gateway is not None and linked:
-            wait_for(lambda: self.health_of(gateway, node.id) == "healthy", START_TIMEOUT_S,
-                     f"reactor {node.id} to link")  # fmt: skip
+            self.wait_linked(gateway, node)
         return node
 
     @staticmethod

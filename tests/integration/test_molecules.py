@@ -18,7 +18,7 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import pytest
 
 from packetflow.client import AsyncClient
 from packetflow.protocol.errors import PacketFlowError
+from packetflow.protocol.messages import Coordinate
 
 from .cluster import Cluster, Node, wait_for
 from .slow_elements import runs_of, safe_name
@@ -87,16 +88,38 @@ def initiate(
     }
 
 
+async def until_finished(stream: AsyncIterator[Coordinate]) -> list[dict[str, Any]]:
+    """Every payload ``stream`` brings up to and including the complete or abort."""
+    seen: list[dict[str, Any]] = []
+    async for msg in stream:
+        seen.append(msgspec.to_builtins(msg.payload))
+        if seen[-1]["coordination_type"] in ("complete", "abort"):
+            return seen
+    raise AssertionError("stream ended without complete/abort")
+
+
 async def run_ws(url: str, payload: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Initiate over /ws; every COORDINATE payload received, and the final one."""
-    seen: list[dict[str, Any]] = []
     async with AsyncClient(url) as pf, asyncio.timeout(RUN_TIMEOUT_S):
-        async for msg in pf.coordinate(payload):
-            body = msgspec.to_builtins(msg.payload)
-            seen.append(body)
-            if body["coordination_type"] in ("complete", "abort"):
-                return seen, body
-    raise AssertionError("stream ended without complete/abort")
+        seen = await until_finished(pf.coordinate(payload))
+    return seen, seen[-1]
+
+
+async def ask(pf: AsyncClient, payload: dict[str, Any]) -> dict[str, Any]:
+    """The first COORDINATE payload answering ``payload``."""
+    msg = await anext(pf.coordinate(payload))
+    body: dict[str, Any] = msgspec.to_builtins(msg.payload)
+    return body
+
+
+def overtook(seen: list[dict[str, Any]], done: str, running: str) -> bool:
+    """Some progress update shows ``done`` completed while ``running`` was still active."""
+    return any(
+        done in p["execution_state"]["completed_packets"]
+        and running in p["execution_state"]["active_packets"]
+        for p in seen
+        if p["coordination_type"] == "progress"
+    )
 
 
 async def expect_error(url: str, payload: dict[str, Any]) -> PacketFlowError:
@@ -279,12 +302,7 @@ async def test_metallic_target_never_waits(mc: Molecules) -> None:
     )
     assert final["status"] == "success"
     assert final["results"]["eager"]["inputs"] == {}  # the source was not done yet
-    assert any(
-        "eager" in p["execution_state"]["completed_packets"]
-        and "slow" in p["execution_state"]["active_packets"]
-        for p in seen
-        if p["coordination_type"] == "progress"
-    )
+    assert overtook(seen, "eager", "slow")
 
 
 async def test_vdw_observer_never_changes_the_status(mc: Molecules) -> None:
@@ -428,12 +446,7 @@ async def test_healing_converts_remaining_ionic_bonds(mc: Molecules) -> None:
     assert final["status"] == "partial"
     assert final["execution_state"]["bonds_converted"] is True
     assert final["results"]["target"]["inputs"] == {}
-    assert any(
-        "target" in p["execution_state"]["completed_packets"]
-        and "slow" in p["execution_state"]["active_packets"]
-        for p in seen
-        if p["coordination_type"] == "progress"
-    )
+    assert overtook(seen, "target", "slow")
 
 
 async def test_molecule_timeout_completes_with_status_timeout(mc: Molecules) -> None:
@@ -459,18 +472,11 @@ async def test_client_abort_cancels_running_packets(mc: Molecules) -> None:
         stream = watcher.coordinate(payload)
         first = msgspec.to_builtins((await anext(stream)).payload)
         assert first["coordination_type"] == "initiate"
-        answer = msgspec.to_builtins(
-            (
-                await anext(other.coordinate({"coordination_type": "abort", "molecule_id": m}))
-            ).payload
-        )
+        answer = await ask(other, {"coordination_type": "abort", "molecule_id": m})
         assert answer["coordination_type"] == "abort"
         assert answer["status"] == "aborted"
         async with asyncio.timeout(10):
-            async for msg in stream:
-                body = msgspec.to_builtins(msg.payload)
-                if body["coordination_type"] in ("complete", "abort"):
-                    break
+            body = (await until_finished(stream))[-1]
         assert body["coordination_type"] == "abort"
         assert body["status"] == "aborted"
         assert set(body["execution_state"]["aborted_packets"]) == {"slow", "next"}
@@ -520,12 +526,13 @@ def test_http_api_runs_queries_and_aborts(mc: Molecules) -> None:
         },
     )
     assert status == 202 and body["molecule_id"] == m2 and body["status"] == "accepted"
+    # The same id while it runs is refused; after it finished it may run again.
+    again = {"molecule_id": m2, "packets": [pk("x", "load", {"rows": []})]}
+    status, body = http(gw, "POST", "/v1/molecules", again)
+    assert status == 409 and body["payload"]["error_code"] == "PF002", body
     status, body = http(gw, "DELETE", f"/v1/molecules/{m2}")
     assert status == 200 and body["status"] == "aborted"
-    # The same id while it runs is refused; after it finished it may run again.
-    status, body = http(
-        gw, "POST", "/v1/molecules", {"molecule_id": m2, "packets": [pk("x", "load", {"rows": []})]}
-    )
+    status, body = http(gw, "POST", "/v1/molecules", again)
     assert status == 202
 
 
@@ -627,12 +634,9 @@ async def test_validate_reserve_execute_answer_the_plan(mc: Molecules) -> None:
     async with AsyncClient(mc.gateway.url) as pf:
         answers = {}
         for kind in ("validate", "reserve", "execute"):
-            msg = await anext(
-                pf.coordinate(
-                    {"coordination_type": kind, "molecule_id": m, "molecular_structure": structure}
-                )
+            answers[kind] = await ask(
+                pf, {"coordination_type": kind, "molecule_id": m, "molecular_structure": structure}
             )
-            answers[kind] = msgspec.to_builtins(msg.payload)
     assert answers["validate"]["status"] == "valid"
     stages = answers["execute"]["execution_plan"]["stages"]
     assert stages == [
@@ -660,44 +664,26 @@ async def test_optimize_applies_parallelization_to_a_running_molecule(mc: Molecu
     async with AsyncClient(mc.gateway.url) as watcher, AsyncClient(mc.gateway.url) as admin:
         stream = watcher.coordinate(payload)
         await anext(stream)
-        suggestion = msgspec.to_builtins(
-            (
-                await anext(admin.coordinate({"coordination_type": "optimize", "molecule_id": m}))
-            ).payload
-        )
+        suggestion = await ask(admin, {"coordination_type": "optimize", "molecule_id": m})
         assert suggestion["status"] == "suggested"
         (group,) = suggestion["parallel_groups"]
         assert group["packets"] == ["slow", "ping"]
         assert group["optimized_bonds"] == ["metallic"]
         assert suggestion["adjustments"][0]["reason"] == "observed_parallel_capability"
-        applied = msgspec.to_builtins(
-            (
-                await anext(
-                    admin.coordinate(
-                        {
-                            "coordination_type": "optimize",
-                            "molecule_id": m,
-                            "optimization_type": "parallelization",
-                            "apply": True,
-                        }
-                    )
-                )
-            ).payload
+        applied = await ask(
+            admin,
+            {
+                "coordination_type": "optimize",
+                "molecule_id": m,
+                "optimization_type": "parallelization",
+                "apply": True,
+            },
         )
         assert applied["status"] == "applied"
-        ping_done_first = False
         async with asyncio.timeout(10):
-            async for msg in stream:
-                body = msgspec.to_builtins(msg.payload)
-                state = body.get("execution_state") or {}
-                if "ping" in state.get("completed_packets", []) and "slow" in state.get(
-                    "active_packets", []
-                ):
-                    ping_done_first = True
-                if body["coordination_type"] in ("complete", "abort"):
-                    break
-    assert body["status"] == "success"
-    assert ping_done_first
+            seen = await until_finished(stream)
+    assert seen[-1]["status"] == "success"
+    assert overtook(seen, "ping", "slow")
 
 
 # ---------------------------------------------------------------- durability

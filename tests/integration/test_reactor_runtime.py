@@ -19,10 +19,10 @@ import aiohttp
 import pytest
 
 import packetflow
-from packetflow.cluster import read_ready, stop_all
 from packetflow.protocol.errors import PacketFlowError
 
-from .cluster import START_TIMEOUT_S, Cluster, Node, wait_for
+from ..prometheus import sample
+from .cluster import Cluster, Node, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 USER_ELEMENTS = ("--module", "tests.integration.user_elements")
@@ -40,15 +40,9 @@ def start_reactor(cluster: Cluster, tmp_path: Path, *args: str,
         cmd += ["--gateway", gateway.url]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(path)})  # fmt: skip
-    ready = read_ready(proc, START_TIMEOUT_S)
-    if ready is None:
-        stop_all([proc], 2)
-        raise AssertionError(f"reactor {args} did not start")
-    node = Node(proc, ready["url"], ready["id"])
-    cluster.nodes.append(node)
+    node = cluster.adopt(proc, f"reactor {args}")
     if gateway is not None:
-        wait_for(lambda: cluster.health_of(gateway, node.id) == "healthy", START_TIMEOUT_S,
-                 f"reactor {node.id} to link")  # fmt: skip
+        cluster.wait_linked(gateway, node)
     return node
 
 
@@ -71,20 +65,6 @@ async def get(node: Node, path: str) -> tuple[int, str]:
 async def health(node: Node) -> tuple[int, dict[str, Any]]:
     status, body = await get(node, "/health")
     return status, json.loads(body)
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    """The value of one Prometheus sample, or None."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        head, _, value = line.rpartition(" ")
-        metric_name, _, label_text = head.partition("{")
-        if metric_name != name:
-            continue
-        got = ",".join(sorted(p for p in label_text.rstrip("}").split(",") if p))
-        if got == want or (not labels and not label_text):
-            return float(value)
-    return None
 
 
 async def in_flight(node: Node) -> int:
@@ -318,7 +298,7 @@ async def test_health_and_metrics_endpoints_report_traffic(
     ]
     for name, kind in exposed:
         assert f"# TYPE {name} {kind}\n" in text, name
-    assert metric(text, "packetflow_in_flight") == 0
+    assert sample(text, "packetflow_in_flight") == 0
     async with packetflow.connect(reactor.url) as pf:
         for _ in range(5):
             await pf.submit("cf", "ping")
@@ -328,21 +308,21 @@ async def test_health_and_metrics_endpoints_report_traffic(
         slow = asyncio.ensure_future(pf.submit("mc", "nap", {"seconds": 1.0}))
         await poll(lambda: _at_least(in_flight(reactor), 1), "the slow packet to start")
         _, text = await get(reactor, "/metrics")
-        assert metric(text, "packetflow_in_flight") == 1
+        assert sample(text, "packetflow_in_flight") == 1
         await slow
     _, text = await get(reactor, "/metrics")
     processed = "packetflow_packets_processed_total"
-    assert metric(text, processed, group="cf", element="ping", status="success") == 5
-    assert metric(text, processed, group="mc", element="boom", status="error") == 1
-    assert metric(text, processed, group="mc", element="nap", status="success") == 1
-    assert metric(text, "packetflow_errors_total", code="PF005") == 1
-    assert metric(text, "packetflow_errors_total", code="PF003") == 1
+    assert sample(text, processed, group="cf", element="ping", status="success") == 5
+    assert sample(text, processed, group="mc", element="boom", status="error") == 1
+    assert sample(text, processed, group="mc", element="nap", status="success") == 1
+    assert sample(text, "packetflow_errors_total", code="PF005") == 1
+    assert sample(text, "packetflow_errors_total", code="PF003") == 1
     latency = "packetflow_packet_latency_seconds"
-    assert metric(text, f"{latency}_count", element="cf:ping") == 5
-    assert metric(text, f"{latency}_bucket", element="mc:nap", le="0.5") == 0
-    assert metric(text, f"{latency}_bucket", element="mc:nap", le="2.5") == 1
-    assert metric(text, "packetflow_in_flight") == 0
-    assert metric(text, "packetflow_queue_depth") == 0
+    assert sample(text, f"{latency}_count", element="cf:ping") == 5
+    assert sample(text, f"{latency}_bucket", element="mc:nap", le="0.5") == 0
+    assert sample(text, f"{latency}_bucket", element="mc:nap", le="2.5") == 1
+    assert sample(text, "packetflow_in_flight") == 0
+    assert sample(text, "packetflow_queue_depth") == 0
     _, body = await health(reactor)
     perf = body["performance_metrics"]
     assert perf["packets_processed"] == 7

@@ -13,6 +13,7 @@ from packetflow.protocol.messages import Coordinate
 from packetflow.reactor.elements import cf
 from packetflow.reactor.registry import Registry
 
+from .expect import poll
 from .test_elements_co import FakeGateway, fails, make_ctx
 
 MOLECULE = {
@@ -116,10 +117,11 @@ async def test_coordinate_error_reply_propagates() -> None:
 async def test_cancelled_coordinate_aborts_the_molecule() -> None:
     gw = FakeGateway(coordinate_script=[progress(0), {"sleep": 10}])
     task = asyncio.ensure_future(cf.coordinate({"molecular_structure": MOLECULE}, ctx_for(gw)))
-    await asyncio.sleep(0.02)
+    # The fake records the initiate, yields the progress and starts sleeping in one step.
+    await poll(lambda: gw.coordinated, "the initiate to be sent")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    await asyncio.sleep(0.01)
+    await poll(lambda: gw.sent, "the abort to be sent")
     (abort,) = gw.sent
     assert isinstance(abort, Coordinate)
     assert abort.payload.coordination_type == "abort"

@@ -152,15 +152,6 @@ def row(rid: str, load: float = 0.0, caps: tuple[str, ...] = ("df:transform",), 
     }
 
 
-@pytest.fixture
-async def runtime() -> AsyncIterator[ReactorRuntime]:
-    rt = ReactorRuntime(ReactorConfig(reactor_id="reactor-test"), Registry())
-    try:
-        yield rt
-    finally:
-        rt.close()
-
-
 def make_ctx(
     runtime: ReactorRuntime | None,
     gateway: AsyncClient | None = None,
@@ -682,7 +673,7 @@ def test_canonical_ignores_volatile_keys_key_order_and_integral_floats() -> None
 
 async def test_sync_releases_when_all_parties_arrive(runtime: ReactorRuntime) -> None:
     first = asyncio.ensure_future(co.sync({"barrier": "b1", "parties": 2}, make_ctx(runtime)))
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.02)  # time passes: the first party's waited_ms counts it
     assert not first.done()
     second = await co.sync({"barrier": "b1", "parties": 2}, make_ctx(runtime))
     one = await first

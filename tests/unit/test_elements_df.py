@@ -728,26 +728,30 @@ def outside(tmp_path: Path) -> Path:
 ESCAPES = ["dotdot", "dotdot_encoded", "absolute", "symlink_file", "symlink_dir", "etc_passwd"]
 
 
+def escaping_uri(how: str, data_dir: Path, outside: Path, **more: str) -> str:
+    """A file:// URI that leads from ``data_dir`` to ``outside`` the way ``how`` names: one of
+    ESCAPES (the symlinks are made here) or one of ``more``."""
+    if how == "symlink_file":
+        (data_dir / "link.json").symlink_to(outside)
+        return "file://link.json"
+    if how == "symlink_dir":
+        (data_dir / "d").symlink_to(outside.parent)
+        return f"file://d/{outside.name}"
+    return {
+        "dotdot": "file://../secret.json",
+        "dotdot_encoded": "file://%2e%2e/secret.json",
+        "absolute": f"file://{outside}",
+        "etc_passwd": "file:///etc/passwd",
+        **more,
+    }[how]
+
+
 @pytest.mark.parametrize("how", [*ESCAPES, "data_dir_itself", "root"])
 def test_load_outside_the_data_dir_is_pf002_path_escape(
     ctx: Context, data_dir: Path, outside: Path, how: str
 ) -> None:
     """DESIGN §10: a handler never touches files outside the reactor's data directory."""
-    if how == "symlink_file":
-        (data_dir / "link.json").symlink_to(outside)
-        source = "file://link.json"
-    elif how == "symlink_dir":
-        (data_dir / "d").symlink_to(outside.parent)
-        source = f"file://d/{outside.name}"
-    else:
-        source = {
-            "dotdot": "file://../secret.json",
-            "dotdot_encoded": "file://%2e%2e/secret.json",
-            "absolute": f"file://{outside}",
-            "etc_passwd": "file:///etc/passwd",
-            "data_dir_itself": "file://.",
-            "root": "file:///",
-        }[how]
+    source = escaping_uri(how, data_dir, outside, data_dir_itself="file://.", root="file:///")
     err = fails(df.load, {"source": source}, ctx, "PF002", "source")
     assert err.validation_rule == "path_escape"
     assert "hunter2" not in err.message
@@ -879,18 +883,7 @@ def test_save_outside_the_data_dir_is_pf002_path_escape(
     ctx: Context, data_dir: Path, outside: Path, how: str
 ) -> None:
     before = outside.read_text()
-    if how == "symlink_file":
-        (data_dir / "link.json").symlink_to(outside)
-        dest = "file://link.json"
-    elif how == "symlink_dir":
-        (data_dir / "d").symlink_to(outside.parent)
-        dest = f"file://d/{outside.name}"
-    else:
-        dest = {
-            "dotdot": "file://../secret.json",
-            "absolute": f"file://{outside}",
-            "data_dir_itself": f"file://{data_dir}",
-        }[how]
+    dest = escaping_uri(how, data_dir, outside, data_dir_itself=f"file://{data_dir}")
     err = fails(df.save, {"destination": dest, "input": [1]}, ctx, "PF002", "destination")
     assert err.validation_rule == "path_escape"
     assert outside.read_text() == before

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,15 +18,6 @@ from packetflow.reactor.runtime import ReactorConfig, ReactorRuntime
 from .test_elements_co import FakeGateway, fails, make_ctx
 
 D = "payload.packet.data"
-
-
-@pytest.fixture
-async def runtime() -> AsyncIterator[ReactorRuntime]:
-    rt = ReactorRuntime(ReactorConfig(reactor_id="reactor-test"), Registry())
-    try:
-        yield rt
-    finally:
-        rt.close()
 
 
 def ctx_for(rt: ReactorRuntime | None, gateway: Any = None, ttl: float = 10.0) -> Any:

@@ -16,16 +16,8 @@ from packetflow.reactor.elements import rm
 from packetflow.reactor.registry import Registry
 from packetflow.reactor.runtime import ReactorConfig, ReactorRuntime
 
+from .expect import poll
 from .test_elements_co import FakeGateway, fails, make_ctx, row
-
-
-@pytest.fixture
-async def runtime() -> AsyncIterator[ReactorRuntime]:
-    rt = ReactorRuntime(ReactorConfig(reactor_id="reactor-test"), Registry())
-    try:
-        yield rt
-    finally:
-        rt.close()
 
 
 def ctx_for(rt: ReactorRuntime | None, gateway: Any = None) -> Any:
@@ -195,10 +187,7 @@ async def test_scale_up_starts_queued_packets(busy: tuple[ReactorRuntime, Any, A
     assert out == {"old": 1, "new": 3, "in_flight": 3, "queued": 0}
     assert rt.config.max_concurrent_packets == 3
     gate.set()
-    for _ in range(100):
-        if len(peer.frames) == 3:
-            break
-        await asyncio.sleep(0.01)
+    await poll(lambda: len(peer.frames) == 3, "the three packets to be answered")
     assert len(peer.frames) == 3 and all(b'"status":"success"' in f for f in peer.frames)
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 import pytest
@@ -23,6 +24,9 @@ from packetflow.reactor.context import Context
 from packetflow.reactor.elements import load_standard
 from packetflow.reactor.registry import Registry
 from packetflow.reactor.runtime import ReactorConfig, ReactorRuntime
+
+from ..prometheus import sample
+from .expect import poll
 
 WAIT_S = 10.0
 
@@ -64,15 +68,6 @@ class FakePeer:
         return reply
 
 
-async def poll(predicate: Callable[[], bool], what: str) -> None:
-    """Wait for in-process state with a deadline (the loop keeps running meanwhile)."""
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
 _serial = 0
 
 
@@ -95,6 +90,13 @@ def submit_msg(group: str, element: str, data: dict[str, Any] | None = None, *,
     msg = decode_one(json.dumps(envelope).encode())
     assert isinstance(msg, Submit)
     return msg
+
+
+class Calls:
+    """How many times a handler registered by ``Harness.counted`` has been called."""
+
+    def __init__(self) -> None:
+        self.count = 0
 
 
 class Harness:
@@ -122,6 +124,19 @@ class Harness:
             return {}
 
         return gate
+
+    def counted(self, element: str, outcome: Callable[[int], Any]) -> Calls:
+        """Register df:<element>, which counts its calls; the n-th call answers
+        ``outcome(n)`` (awaited if it is awaitable; what it raises, the handler raises)."""
+        calls = Calls()
+
+        @self.element("df", element)
+        async def handler(data: dict[str, Any], ctx: Context) -> Any:
+            calls.count += 1
+            result = outcome(calls.count)
+            return await result if inspect.isawaitable(result) else result
+
+        return calls
 
     def send(self, group: str, element: str, data: dict[str, Any] | None = None,
              **kw: Any) -> str:  # fmt: skip
@@ -579,22 +594,19 @@ async def test_same_packet_id_while_running_joins_and_each_is_answered_once(
     h: Harness,
 ) -> None:
     gate = asyncio.Event()
-    calls = 0
 
-    @h.element("df", "once")
-    async def once(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        nonlocal calls
-        calls += 1
+    async def held(n: int) -> dict[str, Any]:
         await gate.wait()
-        return {"call": calls}
+        return {"call": n}
 
+    calls = h.counted("once", held)
     h.start()
     first = h.send("df", "once", packet_id="packet_dup")
-    await poll(lambda: calls == 1, "the first attempt to start")
+    await poll(lambda: calls.count == 1, "the first attempt to start")
     second = h.send("df", "once", packet_id="packet_dup")
     gate.set()
     a, b = await h.peer.reply_to(first), await h.peer.reply_to(second)
-    assert calls == 1
+    assert calls.count == 1
     assert a["payload"]["data"] == b["payload"]["data"]
     assert a["payload"]["packet_id"] == b["payload"]["packet_id"] == "packet_dup"
     assert a["message_id"] != b["message_id"]
@@ -602,49 +614,23 @@ async def test_same_packet_id_while_running_joins_and_each_is_answered_once(
 
 
 async def test_same_packet_id_after_success_replays_with_new_correlation(h: Harness) -> None:
-    calls = 0
-
-    @h.element("df", "once")
-    async def once(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        nonlocal calls
-        calls += 1
-        return {"call": calls}
-
+    calls = h.counted("once", lambda n: {"call": n})
     h.start()
     a = await h.call("df", "once", packet_id="packet_done", message_id="msg_first")
     b = await h.call("df", "once", packet_id="packet_done", message_id="msg_again")
-    assert calls == 1
+    assert calls.count == 1
     assert a["correlation_id"] == "msg_first" and b["correlation_id"] == "msg_again"
     assert b["payload"]["data"] == a["payload"]["data"] == {
         "call": 1, "processing_stats": a["payload"]["data"]["processing_stats"]}  # fmt: skip
 
 
-async def test_same_packet_id_after_non_retryable_failure_replays_it(h: Harness) -> None:
-    calls = 0
-
-    @h.element("df", "broken")
-    async def broken(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        nonlocal calls
-        calls += 1
-        raise ValueError("always")
-
-    h.start()
-    first = error_of(await h.call("df", "broken", packet_id="packet_broken"))
-    second = error_of(await h.call("df", "broken", packet_id="packet_broken"))
-    assert calls == 1 and first["error_code"] == second["error_code"] == "PF005"
-
-
 async def test_same_packet_id_after_retryable_failure_runs_anew(h: Harness) -> None:
-    calls = 0
-
-    @h.element("df", "flaky")
-    async def flaky(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        nonlocal calls
-        calls += 1
-        if calls == 1:  # a transient failure the handler declares retryable
+    def flaky(n: int) -> dict[str, Any]:
+        if n == 1:  # a transient failure the handler declares retryable
             raise ProcessingFailed("upstream hiccup", retryable=True)
-        return {"call": calls}
+        return {"call": n}
 
+    calls = h.counted("flaky", flaky)
     h.start()
     err = error_of(await h.call("df", "flaky", packet_id="packet_flaky"))
     assert err["retry_possible"] is True
@@ -652,38 +638,38 @@ async def test_same_packet_id_after_retryable_failure_runs_anew(h: Harness) -> N
     assert ok["payload"]["data"]["call"] == 2
     again = await h.call("df", "flaky", packet_id="packet_flaky")  # now stored: replayed
     assert again["payload"]["data"]["call"] == 2
-    assert calls == 2
+    assert calls.count == 2
 
 
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (ValueError("always"), "PF005"),
+        (invalid_field("payload.packet.data.x", "int", "missing", "required_field"), "PF002"),
+    ],
+    ids=["exception", "packetflow_error"],
+)
 async def test_same_packet_id_after_non_retryable_failure_replays_the_error(
-    h: Harness,
+    h: Harness, error: Exception, code: str
 ) -> None:
-    calls = 0
+    def fail(n: int) -> NoReturn:
+        raise error
 
-    @h.element("df", "strict")
-    async def strict(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        nonlocal calls
-        calls += 1
-        raise invalid_field("payload.packet.data.x", "int", "missing", "required_field")
-
+    calls = h.counted("broken", fail)
     h.start()
-    a = error_of(await h.call("df", "strict", packet_id="packet_strict"))
-    b = error_of(await h.call("df", "strict", packet_id="packet_strict"))
-    assert a["error_code"] == b["error_code"] == "PF002"
-    assert calls == 1
+    a = error_of(await h.call("df", "broken", packet_id="packet_broken"))
+    b = error_of(await h.call("df", "broken", packet_id="packet_broken"))
+    assert a["error_code"] == b["error_code"] == code
+    assert calls.count == 1
 
 
 async def test_timed_out_packet_may_run_again(h: Harness) -> None:
-    calls = 0
-
-    @h.element("df", "slow_once")
-    async def slow_once(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
+    async def slow_once(n: int) -> dict[str, Any]:
+        if n == 1:
             await asyncio.sleep(30)
-        return {"call": calls}
+        return {"call": n}
 
+    h.counted("slow_once", slow_once)
     h.start()
     err = error_of(await h.call("df", "slow_once", packet_id="packet_t", timeout_ms=100))
     assert err["error_details"]["reason"] == "timeout"
@@ -805,20 +791,6 @@ async def test_heartbeat_payload_carries_4_2_4_and_8_3_load_metrics(h: Harness) 
     msgspec.convert(hb, HeartbeatPayload)
 
 
-def _sample(text: str, name: str, **labels: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        metric, _, label_text = head.partition("{")
-        if metric != name:
-            continue
-        got = dict(part.split("=", 1) for part in label_text.rstrip("}").split(",") if part)
-        if all(got.get(k) == f'"{v}"' for k, v in labels.items()):
-            return float(value)
-    return None
-
-
 async def test_prometheus_metrics_count_packets_errors_latency_and_load(h: Harness) -> None:
     @h.element("df", "boom")
     async def boom(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
@@ -826,21 +798,21 @@ async def test_prometheus_metrics_count_packets_errors_latency_and_load(h: Harne
 
     rt = h.start()
     before = generate_latest(rt.stats.registry).decode()
-    assert _sample(before, "packetflow_in_flight") == 0
-    assert _sample(before, "packetflow_queue_depth") == 0
+    assert sample(before, "packetflow_in_flight") == 0
+    assert sample(before, "packetflow_queue_depth") == 0
     for _ in range(3):
         await h.ping()
     await h.call("df", "boom")
     await h.call("df", "unknown")
     text = generate_latest(rt.stats.registry).decode()
     processed = "packetflow_packets_processed_total"
-    assert _sample(text, processed, group="cf", element="ping", status="success") == 3
-    assert _sample(text, processed, group="df", element="boom", status="error") == 1
-    assert _sample(text, "packetflow_errors_total", code="PF005") == 1
-    assert _sample(text, "packetflow_errors_total", code="PF003") == 1
+    assert sample(text, processed, group="cf", element="ping", status="success") == 3
+    assert sample(text, processed, group="df", element="boom", status="error") == 1
+    assert sample(text, "packetflow_errors_total", code="PF005") == 1
+    assert sample(text, "packetflow_errors_total", code="PF003") == 1
     latency = "packetflow_packet_latency_seconds"
-    assert _sample(text, f"{latency}_count", element="cf:ping") == 3
-    assert _sample(text, f"{latency}_bucket", element="cf:ping", le="+Inf") == 3
-    assert _sample(text, f"{latency}_sum", element="cf:ping") is not None
+    assert sample(text, f"{latency}_count", element="cf:ping") == 3
+    assert sample(text, f"{latency}_bucket", element="cf:ping", le="+Inf") == 3
+    assert sample(text, f"{latency}_sum", element="cf:ping") is not None
     assert "# TYPE packetflow_packet_latency_seconds histogram" in text
-    assert _sample(text, "packetflow_in_flight") == 0
+    assert sample(text, "packetflow_in_flight") == 0
