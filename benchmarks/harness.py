@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
+import os
+import secrets
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 from packetflow.cluster import read_ready, spawn, stop_all
+from packetflow.protocol.authentication import DIAL_TOKEN_HEADER
 from packetflow.runner import event_loop_factory
+from packetflow.security import locator
 
 T = TypeVar("T")
 
@@ -24,6 +31,30 @@ PING_TEMPLATE = (
     b'{"id":"packet_bench_%d","group":"cf","element":"ping","data":{"echo_data":"x"}}}}'
 )
 _serial = 0
+
+
+# Reactors benchmarked directly (no gateway) accept this token (reactor
+# --accept-token-file); gateways are reached with the key they record for this user.
+_TOKEN = secrets.token_urlsafe(32)
+_TOKEN_FILE = Path(tempfile.gettempdir()) / f"pf-bench-token-{os.getpid()}"
+_reactor_urls: set[str] = set()
+
+
+def reactor_token_args() -> list[str]:
+    if not _TOKEN_FILE.exists():
+        fd = os.open(_TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, _TOKEN.encode())
+        os.close(fd)
+        atexit.register(_TOKEN_FILE.unlink, missing_ok=True)
+    return ["--accept-token-file", str(_TOKEN_FILE)]
+
+
+def credentials(url: str) -> dict[str, str]:
+    """Headers a benchmark client sends to ``url``: a reactor's dial token, else the key
+    a gateway on this machine recorded (the baselines ignore both)."""
+    if url in _reactor_urls:
+        return {DIAL_TOKEN_HEADER: _TOKEN}
+    return locator.auth_headers(url)
 
 
 def ping_frame(i: int) -> bytes:
@@ -48,6 +79,9 @@ class Procs:
         stop_all(list(reversed(self.procs)), 5)
 
     def start(self, args: list[str], module: str = "packetflow") -> str:
+        direct_reactor = module == "packetflow" and args[:1] == ["reactor"]
+        if direct_reactor:
+            args = [*args, *reactor_token_args()]
         if module == "packetflow":
             proc = spawn(["--log-level", "ERROR", *args], new_session=False)
         else:
@@ -57,6 +91,8 @@ class Procs:
         ready = read_ready(proc, 20)
         if ready is None:
             raise RuntimeError(f"{module} {args} did not start")
+        if direct_reactor:
+            _reactor_urls.add(str(ready["url"]))
         return str(ready["url"])
 
 
@@ -115,8 +151,11 @@ def measure(fn: Callable[[], Awaitable[float]], runs: int) -> dict[str, float]:
 
 def rate_row(figure: str, value: list[float], baseline: list[float],
              baseline_name: str = "bare aiohttp relay",
-             goal: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """A figure next to its baseline from the same run: median, min, max of each, ratio."""
+             goal: str | None = None,
+             ratio_goal: tuple[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
+    """A figure next to its baseline from the same run: median, min, max of each, ratio;
+    ``ratio_goal`` is issue 15's goal on that ratio, e.g. (">=", 0.40) or ("<=", 1.5)."""
     v, b = stats(value), stats(baseline)
     return {"figure": figure, "value": v, "baseline_name": baseline_name, "baseline": b,
-            "ratio": v["median"] / b["median"], "goal": goal}  # fmt: skip
+            "ratio": v["median"] / b["median"], "goal": goal,
+            "ratio_goal": ratio_goal}  # fmt: skip

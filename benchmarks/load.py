@@ -11,6 +11,8 @@ import aiohttp
 import msgspec
 from aiohttp import WSMsgType
 
+from .harness import credentials
+
 
 class _Ids(msgspec.Struct):
     message_id: str | None = None
@@ -47,8 +49,10 @@ async def run_load(
     flight replies are matched to their frames by id (``correlation_id`` of a RESULT,
     ``message_id`` of an echoed frame), which costs the client a small decode each.
     """
+    headers = credentials(url)  # once per connection, like any client (DESIGN §8)
     async with aiohttp.ClientSession() as session:
-        sockets = [await session.ws_connect(url, decode_text=False, max_msg_size=0)
+        sockets = [await session.ws_connect(url, decode_text=False, max_msg_size=0,
+                                            headers=headers)
                    for _ in range(connections)]  # fmt: skip
         serial = 0
 

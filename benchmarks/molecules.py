@@ -15,9 +15,9 @@ MOLECULE_CHAINS = 200
 MOLECULE_FANOUT = 1000
 # Peer figures quoted by the issue (same workloads), and the goals it sets.
 CHAIN_PEERS_MS = {"Ray": 6.3, "Celery": 14.6, "Dask": 30.4}
-CHAIN_GOAL_MS = 2.0
+CHAIN_GOAL_MS = 2.0  # issue 15: ≤ 2 ms on README's VM, ≥ 3× ahead of Ray the same hour
 FANOUT_PEERS_S = {"Ray": 0.53, "Celery": 2.07, "Dask": 2.29}
-FANOUT_GOAL_S = 0.25
+FANOUT_GOAL_S = 0.106  # issue 15: ≥ 5× ahead of Ray (0.53 s quoted)
 
 
 def _chain(i: int) -> dict[str, Any]:
@@ -92,8 +92,10 @@ def bench_molecules(runs: int, chains: int, fanout: int) -> list[dict[str, Any]]
     return [
         {"figure": f"4-stage ionic chain, {chains} sequential molecules, gateway+2 reactors "
                    "(mean ms per molecule)",
-         "value": chain, "unit": "ms", "goal": CHAIN_GOAL_MS, "peers": CHAIN_PEERS_MS},
+         "value": chain, "unit": "ms", "goal": CHAIN_GOAL_MS, "peers": CHAIN_PEERS_MS,
+         "ahead_goal": ("Ray", 3.0)},
         {"figure": f"{fanout}-packet fan-out + 1 aggregate molecule, gateway+2 reactors "
                    "(seconds)",
-         "value": fan, "unit": "s", "goal": FANOUT_GOAL_S, "peers": FANOUT_PEERS_S},
+         "value": fan, "unit": "s", "goal": FANOUT_GOAL_S, "peers": FANOUT_PEERS_S,
+         "ahead_goal": ("Ray", 5.0)},
     ]  # fmt: skip

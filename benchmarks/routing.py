@@ -22,6 +22,8 @@ from packetflow.protocol.chemistry import SPECIALIZATIONS, STANDARD_MATRIX
 from packetflow.protocol.routing_table import RoutingTable
 
 SIZES = (10, 100, 1_000, 10_000)
+# Issue 15's goals for a decision at 1,000 and 10,000 reactors.
+ROUTING_GOALS_US = {1_000: 10.0, 10_000: 25.0}
 IMPLEMENTATIONS = ("python", "elixir", "javascript", "zig")
 EXTRA_CAPABILITIES = (("cf", "health"), ("df", "transform"), ("ed", "emit"), ("co", "sync"))
 TABLE_DECISIONS = 2_000
@@ -109,6 +111,7 @@ def routing_rows(runs: int, smoke: bool) -> list[dict[str, Any]]:
             "figure": f"routing decision, {n:,} reactors (µs)",
             "value": value, "baseline_name": "routing.decide (reference scan)",
             "baseline": baseline, "ratio": value["median"] / baseline["median"],
+            "goal": ROUTING_GOALS_US.get(n), "unit": "µs",
         })  # fmt: skip
     return rows
 

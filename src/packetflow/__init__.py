@@ -8,11 +8,12 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .client import AsyncClient, PacketResult, SyncClient
-    from .protocol.errors import PacketFlowError
+    from .protocol.errors import GatewayUnreachable, PacketFlowError
     from .reactor.server import Reactor
 
 __all__ = [
     "AsyncClient",
+    "GatewayUnreachable",
     "PacketFlowError",
     "PacketResult",
     "Reactor",
@@ -23,14 +24,18 @@ __all__ = [
 ]
 
 
-def connect(url: str = "ws://127.0.0.1:8080/ws", **options: Any) -> AsyncClient:
-    """An async client: ``async with packetflow.connect(url) as pf: await pf.submit(...)``."""
+def connect(url: str | None = None, **options: Any) -> AsyncClient:
+    """An async client: ``async with packetflow.connect(url) as pf: await pf.submit(...)``.
+
+    ``url`` may be ``host:port``, ``http(s)://…`` or ``ws(s)://…/ws``; without one,
+    ``$PACKETFLOW_URL`` or ``ws://127.0.0.1:8080/ws``. A failed dial raises
+    ``packetflow.GatewayUnreachable``."""
     from .client import AsyncClient
 
     return AsyncClient(url, **options)
 
 
-def connect_sync(url: str = "ws://127.0.0.1:8080/ws", **options: Any) -> SyncClient:
+def connect_sync(url: str | None = None, **options: Any) -> SyncClient:
     """A blocking client: ``with packetflow.connect_sync(url) as pf: pf.submit(...)``."""
     from .client import SyncClient
 
@@ -47,8 +52,8 @@ def __getattr__(name: str) -> Any:
         from . import client
 
         return getattr(client, name)
-    if name == "PacketFlowError":
-        from .protocol.errors import PacketFlowError
+    if name in ("PacketFlowError", "GatewayUnreachable"):
+        from .protocol import errors
 
-        return PacketFlowError
+        return getattr(errors, name)
     raise AttributeError(name)

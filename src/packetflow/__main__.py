@@ -2,4 +2,6 @@
 
 from .cli import main
 
-main()
+# The same program name as the installed script: help reads "Usage: packetflow" and shell
+# completion answers to _PACKETFLOW_COMPLETE either way.
+main(prog_name="packetflow")

@@ -7,19 +7,29 @@ that stream (ED events, molecule progress) are delivered to a per-request queue.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import msgspec
 from aiohttp import WSMsgType
 from msgspec import UNSET, UnsetType
 
-from .protocol.errors import NetworkTimeout, PacketFlowError, ServiceUnavailable
+from .addresses import gateway_ws_url
+from .protocol.errors import (
+    AuthenticationFailed,
+    GatewayUnreachable,
+    NetworkTimeout,
+    PacketFlowError,
+    PermissionDenied,
+    ServiceUnavailable,
+)
 from .protocol.messages import (
     PROTOCOL_VERSION,
     Coordinate,
@@ -41,7 +51,10 @@ from .protocol.messages import (
     error_from_payload,
 )
 from .runner import cancel_and_wait
-from .transport import Peer, new_message_id, now_ms
+from .transport import DEFLATE_WINDOW_BITS, Peer, new_message_id, now_ms
+
+if TYPE_CHECKING:
+    from .security.crypto import PayloadCipher
 
 log = logging.getLogger("packetflow.client")
 
@@ -101,31 +114,68 @@ class AsyncClient:
     With ``reconnect=True`` a lost connection is re-dialled with backoff and
     ``on_connect`` runs again after each dial (reactors re-announce there); requests that
     were waiting on the lost connection fail with PF502.
+
+    Credentials (DESIGN §8): ``api_key`` or ``api_key_file``, else ``PACKETFLOW_API_KEY``
+    / ``PACKETFLOW_API_KEY_FILE``, else the key a gateway on this machine recorded for
+    the URL's host:port (security/locator.py). For ``wss://``: ``ca_file`` and, for mTLS,
+    ``cert``/``key`` (also found through the same record); ``ssl`` overrides all three.
+    ``credentials=False`` sends only ``headers``.
     """
 
     def __init__(
         self,
-        url: str = "ws://127.0.0.1:8080/ws",
+        url: str | None = None,
         *,
         source_id: str | None = None,
         reconnect: bool = False,
         on_connect: Callable[[AsyncClient], Awaitable[None]] | None = None,
         headers: dict[str, str] | None = None,
         connect_timeout: float = 10.0,
+        encryption_key: str | bytes | None = None,
+        api_key: str | None = None,
+        api_key_file: str | None = None,
+        ca_file: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        ssl: Any = None,
+        credentials: bool = True,
     ) -> None:
+        # host:port and http(s):// are accepted too; a bad address raises InvalidAddress.
+        url = gateway_ws_url(url)
         self.url = url
         self.source_id = source_id or f"client-py-{uuid.uuid4().hex[:8]}"
         self.reconnect = reconnect
         self.on_connect = on_connect
         self.headers = headers or {}
+        self.ssl: Any = ssl
+        if credentials:
+            from .security import locator
+
+            self.headers = locator.auth_headers(url, self.headers, api_key=api_key,
+                                                api_key_file=api_key_file)  # fmt: skip
+            if ssl is None and url.startswith("wss://"):
+                entry = locator.lookup(url) or locator.Entry()
+                from .security.tls import client_context
+
+                self.ssl = client_context(ca_file or entry.ca_file, cert or entry.cert_file,
+                                          key or entry.key_file)  # fmt: skip
         self.connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
         self._peer: Peer | None = None
         self._pending: dict[str, asyncio.Future[Message]] = {}
         self._streams: dict[str, asyncio.Queue[Message]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._on_connect_task: asyncio.Task[None] | None = None  # after a redial
         self._closing = False
         self._connected = asyncio.Event()
+        # §11.3 end-to-end payload encryption: data is sealed for the reactor, the gateway
+        # routes ciphertext (security/crypto.py); None sends data in clear.
+        self._cipher: PayloadCipher | None = None
+        if encryption_key is not None:
+            from .security.crypto import PayloadCipher
+
+            secret = encryption_key.encode() if isinstance(encryption_key, str) else encryption_key
+            self._cipher = PayloadCipher(secret)
 
     # ------------------------------------------------------------------ connection
 
@@ -146,23 +196,57 @@ class AsyncClient:
     async def connect(self) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        await self._dial()
+        try:
+            await self._dial()
+        except BaseException:
+            # A refused or failed dial leaves nothing open (callers retry with new
+            # clients: the gateway's static list, a reactor waiting for its gateway).
+            session, self._session = self._session, None
+            await session.close()
+            raise
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
         if self.on_connect is not None:
             await self.on_connect(self)
 
     async def _dial(self) -> None:
         assert self._session is not None
-        ws = await self._session.ws_connect(
-            self.url, headers=self.headers, max_msg_size=CLIENT_MAX_MSG, decode_text=False,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-            autoping=True,
-        )  # fmt: skip
+        try:
+            ws = await self._session.ws_connect(
+                self.url, headers=self.headers, max_msg_size=CLIENT_MAX_MSG, decode_text=False,
+                ssl=self.ssl if self.ssl is not None else True,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                autoping=True,
+                # §12.4.1 permessage-deflate, offered; the gateway deflates only large
+                # replies (transport.DEFAULT_DEFLATE_MIN_BYTES).
+                compress=DEFLATE_WINDOW_BITS,
+            )  # fmt: skip
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 401:
+                raise AuthenticationFailed(
+                    f"{self.url} refused the credentials ({exc.message}); pass api_key, set "
+                    "PACKETFLOW_API_KEY, or run on the gateway's machine",
+                    details={"status": exc.status},
+                ) from None
+            if exc.status in (400, 403):
+                raise PermissionDenied(f"{self.url} refused the connection: {exc.message}",
+                                       details={"status": exc.status}) from None  # fmt: skip
+            hint = ("gateway URLs end in /ws" if exc.status == 404
+                    else "is it a packetflow gateway?")  # fmt: skip
+            raise GatewayUnreachable(
+                f"{self.url} answered HTTP {exc.status} to the WebSocket upgrade: {hint}",
+                details={"reason": "handshake_refused", "status": exc.status},
+            ) from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise GatewayUnreachable(
+                f"cannot reach {self.url} ({_describe(exc)}): is packetflow up running?",
+                details={"reason": "unreachable", "exception_type": type(exc).__name__},
+            ) from None
         self._peer = Peer(ws, f"client->{self.url}")
         self._connected.set()
 
     async def close(self) -> None:
         self._closing = True
+        await cancel_and_wait(self._on_connect_task)
         await cancel_and_wait(self._reader)
         if self._peer is not None:
             await self._peer.close()
@@ -199,17 +283,26 @@ class AsyncClient:
         while not self._closing:
             try:
                 await self._dial()
-            except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+            except (OSError, aiohttp.ClientError, TimeoutError, PacketFlowError) as exc:
                 log.debug("client %s: redial failed: %s", self.source_id, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
             if self.on_connect is not None:
-                try:
-                    await self.on_connect(self)
-                except (PacketFlowError, OSError, aiohttp.ClientError, TimeoutError) as exc:
-                    log.warning("client %s: on_connect failed: %s", self.source_id, exc)
+                # Not awaited here: this runs inside the read loop, and on_connect waits
+                # for replies (a reactor's re-announce) that only the read loop can read.
+                # Awaiting it starved itself: "No reply within 10 s", though the gateway
+                # had answered at once.
+                self._on_connect_task = asyncio.get_running_loop().create_task(
+                    self._run_on_connect(self.on_connect)
+                )
             return
+
+    async def _run_on_connect(self, on_connect: Callable[[AsyncClient], Awaitable[None]]) -> None:
+        try:
+            await on_connect(self)
+        except (PacketFlowError, OSError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("client %s: on_connect failed: %s", self.source_id, exc)
 
     def _fail_pending(self, err: PacketFlowError) -> None:
         pending, self._pending = self._pending, {}
@@ -309,7 +402,7 @@ class AsyncClient:
             group=group,  # type: ignore[arg-type]
             element=element, id=packet_id, priority=priority, timeout_ms=timeout_ms,
             dependencies=dependencies or [], metadata=metadata,
-            data=msgspec.Raw(encode_json(data if data is not None else {})),
+            data=msgspec.Raw(encode_json(self._seal(group, element, data))),
         )  # fmt: skip
         fields = self.envelope_fields()
         # UNSET: the gateway routes; a reactor id pins it there; None broadcasts (§4.1).
@@ -318,6 +411,21 @@ class AsyncClient:
             **fields, ttl=ttl, priority=priority,
             payload=SubmitPayload(packet=packet, routing_preferences=prefs),
         )  # fmt: skip
+
+    def _seal(self, group: str, element: str, data: dict[str, Any] | None) -> Any:
+        value = data if data is not None else {}
+        if self._cipher is None:
+            return value
+        return self._cipher.seal(value, group, element)
+
+    def _opened(self, result: PacketResult, group: str, element: str) -> PacketResult:
+        """A sealed RESULT's data, decrypted (PF002 DecryptionFailed if it cannot be)."""
+        from .security.crypto import is_envelope
+
+        if self._cipher is None or not is_envelope(result.data):
+            return result
+        value, _, _ = self._cipher.open(result.data, group, element, result=True)
+        return dataclasses.replace(result, data=value)
 
     async def submit(
         self,
@@ -342,7 +450,7 @@ class AsyncClient:
         reply = await self.request(msg, limit)
         if not isinstance(reply, Result):
             raise ServiceUnavailable(f"Expected a RESULT, got {type(reply).__name__}")
-        return _packet_result(reply)
+        return self._opened(_packet_result(reply), group, element)
 
     async def subscribe(self, topic: str, **options: Any) -> AsyncIterator[dict[str, Any]]:
         """ed:subscribe: yields each event's data (DESIGN §10) until the caller stops."""
@@ -369,6 +477,19 @@ class AsyncClient:
                 yield item
 
 
+def _describe(exc: BaseException) -> str:
+    """The cause of a failed dial in a few words (aiohttp's messages repeat the URL)."""
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timed out"
+    os_error = getattr(exc, "os_error", exc)
+    if isinstance(os_error, OSError):
+        if os_error.errno and os_error.errno > 0:
+            return os.strerror(os_error.errno).lower()
+        if os_error.strerror:  # name resolution (gaierror) uses negative codes
+            return os_error.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
 @dataclass(frozen=True, slots=True)
 class _Closed:
     error: PacketFlowError
@@ -381,7 +502,7 @@ def _closed_marker(err: PacketFlowError) -> Any:
 class SyncClient:
     """A blocking client for scripts: runs an AsyncClient on a private event loop thread."""
 
-    def __init__(self, url: str = "ws://127.0.0.1:8080/ws", **options: Any) -> None:
+    def __init__(self, url: str | None = None, **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="packetflow-client")  # fmt: skip
@@ -392,7 +513,11 @@ class SyncClient:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def __enter__(self) -> SyncClient:
-        self._run(self._client.connect())
+        try:
+            self._run(self._client.connect())
+        except BaseException:
+            self._stop_loop()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -408,6 +533,10 @@ class SyncClient:
     def close(self) -> None:
         if self._loop.is_running():
             self._run(self._client.close())
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
         if not self._loop.is_running():

@@ -1,5 +1,5 @@
-"""Running a server coroutine as a process (uvloop where available, quiet on Ctrl-C), and
-stopping the background tasks it started."""
+"""Running a server coroutine as a process (uvloop where available, quiet on Ctrl-C),
+keeping its periodic background loops alive, and stopping the tasks it started."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
+
+log = logging.getLogger("packetflow.runner")
 
 
 def event_loop_factory() -> Any:
@@ -45,6 +47,21 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def every(interval_s: float, step: Callable[[], object], what: str) -> None:
+    """Call ``step`` every ``interval_s`` seconds until cancelled.
+
+    One failing iteration is logged with its traceback and the loop goes on: a long-lived
+    task that ends on its first unexpected exception takes its duty with it for good (a
+    health monitor that died on one departing reactor never probed or removed another).
+    """
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            step()
+        except Exception:  # the loop's boundary: anything else would end the task
+            log.exception("%s: an iteration failed; the loop continues", what)
 
 
 def run_main(main: Coroutine[Any, Any, None]) -> None:

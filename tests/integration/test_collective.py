@@ -53,3 +53,22 @@ def test_gather_and_broadcast_reach_every_reactor(gateway: Node) -> None:
         assert all(r["pong"] for r in gathered["results"].values())
         sent = pf.submit("co", "broadcast", {"message": {"cache": "flush"}}).data
         assert sent["delivered"] == 3 and sorted(sent["reactor_ids"]) == sorted(REACTORS)
+
+
+def test_consensus_replicas_run_on_distinct_reactors_of_five(cluster: Cluster) -> None:
+    """The hardening issue: with 5 reactors, 2 of 3 replicas ran on the same one. Two of
+    the five are the router's favourites for df (memory_bound, §3.3 affinity 0.9 against
+    0.7), so replicas left free to pick among reactors meant for none would meet there."""
+    gw = cluster.gateway()
+    for rid in ("five-a", "five-b", "five-c"):
+        cluster.reactor(gw, "--id", rid, "--specialization", "io_intensive")
+    for rid in ("five-d", "five-e"):
+        cluster.reactor(gw, "--id", rid, "--specialization", "memory_bound")
+    packet = {"group": "df", "element": "reduce", "data": {"input": [1.5, 2.5, 3], "op": "sum"}}
+    with packetflow.connect_sync(gw.url) as pf:
+        for _ in range(3):  # not a lucky draw: every run spreads
+            out = pf.submit("co", "consensus", {"packet": packet, "replicas": 3}).data
+            voters = [v["reactor_id"] for v in out["votes"]]
+            assert len(set(voters)) == 3, voters
+            assert out["distinct_reactors"] == 3
+            assert out["decision"]["result"] == 7.0 and out["agreement"] == 1.0

@@ -154,6 +154,12 @@ def _assert_serves_through(gateway: Node, reactor_id: str) -> None:
     assert pong["echo_data"] == "found"
 
 
+def trusted(cluster: Cluster) -> tuple[str, ...]:
+    """DESIGN §8: multicast/DNS-SD announcements are unauthenticated, so a gateway dials
+    reactors found that way only when told to trust them, showing the operator's token."""
+    return ("--trust-multicast", "--reactor-token-file", str(cluster.accept_token_file))
+
+
 def _reactor_id(channel: str) -> str:
     return f"reactor-{channel}-{uuid.uuid4().hex[:8]}"
 
@@ -164,7 +170,7 @@ def _reactor_id(channel: str) -> str:
 @pytest.mark.usefixtures("multicast_ok")
 def test_multicast_reactor_without_gateway_is_registered_pfap_8_1_2(cluster: Cluster) -> None:
     port = str(_random_port())
-    gw = cluster.gateway("--multicast", "--multicast-port", port)
+    gw = cluster.gateway(*trusted(cluster), "--multicast", "--multicast-port", port)
     rid = _reactor_id("mc")
     cluster.reactor(None, "--multicast", "--multicast-port", port, "--id", rid,
                     "--specialization", "io_intensive")  # fmt: skip
@@ -185,9 +191,22 @@ def test_multicast_reactor_started_before_the_gateway_is_found_pfap_8_1_2(
     port = str(_random_port())
     rid = _reactor_id("mc")
     cluster.reactor(None, "--multicast", "--multicast-port", port, "--id", rid)
-    gw = cluster.gateway("--multicast", "--multicast-port", port)
+    gw = cluster.gateway(*trusted(cluster), "--multicast", "--multicast-port", port)
     assert _wait_healthy(gw, rid)["source"] == "multicast"
     _assert_serves_through(gw, rid)
+
+
+@pytest.mark.usefixtures("multicast_ok")
+def test_multicast_is_ignored_without_trust_multicast_design_8(cluster: Cluster) -> None:
+    """Two gateways hear the same announcements; only the one given --trust-multicast
+    registers the reactor (the other never dials what anyone on the LAN can claim)."""
+    port = str(_random_port())
+    trusting = cluster.gateway(*trusted(cluster), "--multicast", "--multicast-port", port)
+    wary = cluster.gateway("--multicast", "--multicast-port", port)
+    rid = _reactor_id("untrusted")
+    cluster.reactor(None, "--multicast", "--multicast-port", port, "--id", rid)
+    _wait_healthy(trusting, rid)
+    assert _row(wary, rid) is None
 
 
 @pytest.mark.usefixtures("multicast_ok")
@@ -195,7 +214,7 @@ def test_malformed_datagrams_do_not_stop_multicast_discovery_pfap_8_1_2(
     cluster: Cluster,
 ) -> None:
     port = _random_port()
-    gw = cluster.gateway("--multicast", "--multicast-port", str(port))
+    gw = cluster.gateway(*trusted(cluster), "--multicast", "--multicast-port", str(port))
     not_an_announce = {
         "protocol_version": "1.0", "message_type": "discover", "message_id": "m1",
         "timestamp": 0, "source_id": "x",
@@ -233,7 +252,7 @@ def test_malformed_datagrams_do_not_stop_multicast_discovery_pfap_8_1_2(
 
 @pytest.mark.usefixtures("dnssd_ok")
 def test_dnssd_reactor_without_gateway_is_registered_pfap_8_1_3(cluster: Cluster) -> None:
-    gw = cluster.gateway("--dnssd")
+    gw = cluster.gateway(*trusted(cluster), "--dnssd")
     rid = _reactor_id("dnssd")
     cluster.reactor(None, "--dnssd", "--id", rid, "--specialization", "memory_bound")
     row = _wait_healthy(gw, rid)
@@ -248,7 +267,7 @@ def test_dnssd_reactor_without_gateway_is_registered_pfap_8_1_3(cluster: Cluster
 def test_dnssd_reactor_started_before_the_gateway_is_found_pfap_8_1_3(cluster: Cluster) -> None:
     rid = _reactor_id("dnssd")
     cluster.reactor(None, "--dnssd", "--id", rid)
-    gw = cluster.gateway("--dnssd")
+    gw = cluster.gateway(*trusted(cluster), "--dnssd")
     assert _wait_healthy(gw, rid)["source"] == "dnssd"
     _assert_serves_through(gw, rid)
 

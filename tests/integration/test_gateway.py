@@ -96,9 +96,10 @@ def test_each_client_hint_changes_the_choice_6_3_1(cluster: Cluster) -> None:
     assert whoami(url, "cf", routing_preferences=boosted) == "zig"
 
 
-def _post_put(url: str, body: dict[str, object]) -> dict[str, object]:
+def _post_put(node: Node, url: str, body: dict[str, object]) -> dict[str, object]:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT",
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+                                 headers={"Content-Type": "application/json",
+                                          **node.auth_headers()})  # fmt: skip
     with urllib.request.urlopen(req, timeout=5) as resp:
         return json.load(resp)  # type: ignore[no-any-return]
 
@@ -109,6 +110,7 @@ def test_matrix_updates_take_effect_for_the_next_decision_6_4(cluster: Cluster) 
     cluster.reactor(gateway, "--specialization", "memory_bound", "--id", "mem", *PROBE)
     assert whoami(gateway.url, "cf") == "cpu"
     out = _post_put(
+        gateway,
         f"{gateway.http}/v1/affinity",
         {"matrix_updates": {"cf": {"memory_bound": 0.95}}, "version": "1.1"},
     )
@@ -268,10 +270,11 @@ async def test_subscribers_get_events_from_clients_and_reactors(cluster: Cluster
         await events.aclose()
 
 
-def _http(method: str, url: str, body: object | None = None) -> tuple[int, dict]:
+def _http(node: Node, method: str, url: str, body: object | None = None) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+                                 headers={"Content-Type": "application/json",
+                                          **node.auth_headers()})  # fmt: skip
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.load(resp)
@@ -285,39 +288,44 @@ def test_http_api_packets_reactors_affinity(cluster: Cluster) -> None:
     gateway = cluster.gateway()
     cluster.reactor(gateway, "--id", "r1", *PROBE)
     base = gateway.http
-    status, body = _http("POST", f"{base}/v1/packets", {"group": "cf", "element": "ping"})
+    status, body = _http(gateway, "POST", f"{base}/v1/packets", {"group": "cf", "element": "ping"})
     assert status == 200 and body["message_type"] == "result"
     assert body["payload"]["data"]["pong"] is True
-    status, body = _http("POST", f"{base}/v1/packets?wait=false",
+    status, body = _http(gateway, "POST", f"{base}/v1/packets?wait=false",
                          {"id": "pkt-http-1", "group": "cf", "element": "sleep",
                           "data": {"ms": 50}})  # fmt: skip
     assert status == 202 and body["packet_id"] == "pkt-http-1"
 
     def finished() -> dict | None:
-        code, story = _http("GET", f"{base}/v1/packets/pkt-http-1")
+        code, story = _http(gateway, "GET", f"{base}/v1/packets/pkt-http-1")
         return story if code == 200 and story["state"] == "completed" else None
 
     story = wait_for(finished, 10, "the packet to complete")
     assert story["reactor_id"] == "r1"
     assert story["reply"]["payload"]["data"]["slept_ms"] == 50
-    status, body = _http("GET", f"{base}/v1/packets/nope")
+    status, body = _http(gateway, "GET", f"{base}/v1/packets/nope")
     assert status == 404 and body["error"]["error_details"]["field"] == "packet_id"
-    status, body = _http("POST", f"{base}/v1/packets", {"group": "cf", "element": "ping",
+    status, body = _http(gateway, "POST", f"{base}/v1/packets", {"group": "cf", "element": "ping",
                                                         "priority": "high"})  # fmt: skip
     assert status == 400
     assert body["payload"]["error_details"]["field"] == "payload.packet.priority"
-    status, body = _http("PUT", f"{base}/v1/affinity", {"matrix_updates": {"zz": {"x": 1}}})
+    status, body = _http(
+        gateway, "PUT", f"{base}/v1/affinity", {"matrix_updates": {"zz": {"x": 1}}}
+    )
     assert status == 400 and body["error"]["error_code"] == "PF002"
     assert body["error"]["error_details"]["field"] == "body.matrix_updates.zz"
-    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
+    req = urllib.request.Request(f"{base}/metrics", headers=gateway.auth_headers())
+    with urllib.request.urlopen(req, timeout=5) as resp:
         metrics = resp.read().decode()
     assert "packetflow_gateway_packets_completed_total 2.0" in metrics
 
 
 def test_static_list_registers_a_reactor_without_announce(cluster: Cluster) -> None:
-    """DESIGN §2 announce channel 2: a reactor named in the gateway's static list."""
+    """DESIGN §2 announce channel 2: a reactor named in the gateway's static list; the
+    operator gives the gateway the token the reactor accepts (DESIGN §8)."""
     reactor = cluster.reactor(None, "--id", "static-one")
-    gateway = cluster.gateway("--static", reactor.url)
+    token = str(cluster.accept_token_file)
+    gateway = cluster.gateway("--static", reactor.url, "--reactor-token-file", token)
     wait_for(lambda: Cluster.health_of(gateway, "static-one") == "healthy", 15, "static link")
     rows = {r["reactor_id"]: r for r in gateway.get("/v1/reactors")["reactors"]}
     assert rows["static-one"]["source"] == "static"
@@ -393,7 +401,7 @@ async def test_more_reactors_than_a_connection_pool_holds_all_link(cluster: Clus
     await fleet.start()
     try:
         async with aiohttp.ClientSession() as session:
-            ws = await session.ws_connect(gateway.url)
+            ws = await session.ws_connect(gateway.url, headers=gateway.auth_headers())
             for rid in fleet.ids:
                 await ws.send_str(fleet.announce(rid).decode())
             await asyncio.to_thread(
@@ -418,7 +426,7 @@ async def test_a_reactor_that_never_answers_gets_pf504_and_its_slot_back(
     await fleet.start()
     try:
         async with aiohttp.ClientSession() as session:
-            ws = await session.ws_connect(gateway.url)
+            ws = await session.ws_connect(gateway.url, headers=gateway.auth_headers())
             await ws.send_str(fleet.announce(fleet.ids[0]).decode())
             await asyncio.to_thread(
                 wait_for, lambda: gateway.get("/health")["healthy_reactors"] == 1, 10.0,

@@ -13,6 +13,8 @@ import asyncio
 import json
 import os
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
 import urllib.error
@@ -132,9 +134,8 @@ async def expect_error(url: str, payload: dict[str, Any]) -> PacketFlowError:
 
 def http(node: Node, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        node.http + path, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json", **node.auth_headers()}
+    req = urllib.request.Request(node.http + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=RUN_TIMEOUT_S) as resp:
             return resp.status, json.load(resp)
@@ -176,7 +177,10 @@ async def test_coordinate_messages_correlate_to_the_initiate(mc: Molecules) -> N
         ),
     }
     frames: list[dict[str, Any]] = []
-    async with aiohttp.ClientSession() as session, session.ws_connect(mc.gateway.url) as ws:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(mc.gateway.url, headers=mc.gateway.auth_headers()) as ws,
+    ):
         await ws.send_str(json.dumps(envelope))
         while True:
             frame = json.loads((await ws.receive(timeout=10)).data)
@@ -625,28 +629,162 @@ async def test_bad_molecules_are_refused_before_anything_runs(
 # ---------------------------------------------------------------- §7.3 phases, §7.4
 
 
-async def test_validate_reserve_execute_answer_the_plan(mc: Molecules) -> None:
+async def test_validate_runs_the_checks_it_is_asked_for_7_3(mc: Molecules) -> None:
     structure = {
         "packets": [pk("a", "load", {"rows": [1]}), pk("b", "echo_inputs"), pk("c", "echo_inputs")],
         "bonds": [bond("a", "b"), bond("a", "c")],
     }
     m = mid("plan")
+    huge = {"memory_mb": 16 * 2**20, "cpu_cores": 1}
     async with AsyncClient(mc.gateway.url) as pf:
-        answers = {}
-        for kind in ("validate", "reserve", "execute"):
-            answers[kind] = await ask(
-                pf, {"coordination_type": kind, "molecule_id": m, "molecular_structure": structure}
-            )
-    assert answers["validate"]["status"] == "valid"
-    stages = answers["execute"]["execution_plan"]["stages"]
-    assert stages == [
-        {"stage_id": 1, "packets": ["a"], "parallel_execution": False, "dependencies": []},
-        {"stage_id": 2, "packets": ["b", "c"], "parallel_execution": True, "dependencies": [1]},
-    ]
-    reservations = answers["reserve"]["resource_reservations"]
-    assert [r["packet_id"] for r in reservations] == ["a", "b", "c"]
-    assert all(r["reactor_id"] in ("reactor-a", "reactor-b") for r in reservations)
+        ok = await ask(pf, {"coordination_type": "validate", "molecule_id": m,
+                            "molecular_structure": structure})  # fmt: skip
+        assert ok["status"] == "valid"
+        assert [r["check"] for r in ok["validation_results"]] == [
+            "packet_availability", "bond_consistency", "reactor_compatibility",
+            "resource_requirements", "circular_dependency_detection",
+        ]  # fmt: skip
+        assert all(r["passed"] for r in ok["validation_results"])
+        stages = ok["execution_plan"]["stages"]
+        assert [s["packets"] for s in stages] == [["a"], ["b", "c"]]
+
+        big = {
+            **structure,
+            "packets": [
+                *structure["packets"][:2],
+                pk("c", "echo_inputs", resource_requirements=huge),
+            ],
+        }
+        bad = await ask(
+            pf,
+            {
+                "coordination_type": "validate",
+                "molecule_id": m,
+                "molecular_structure": big,
+                "validation_checks": ["resource_requirements", "bond_consistency"],
+            },
+        )
+        assert bad["status"] == "invalid"
+        results = {r["check"]: r for r in bad["validation_results"]}
+        assert set(results) == {"resource_requirements", "bond_consistency"}
+        assert results["bond_consistency"]["passed"] is True
+        failed = results["resource_requirements"]
+        assert failed["passed"] is False and failed["error_code"] == "PF501"
+        assert failed["problems"][0]["packet_id"] == "c"
+        assert bad["error"]["error_code"] == "PF501"
+        assert bad["error"]["error_details"]["field"] == "packets[2].resource_requirements"
+
+        loose = {
+            **structure,
+            "bonds": [bond("a", "b", "metallic", conditions={"success_required": True})],
+        }
+        bonds = await ask(pf, {"coordination_type": "validate", "molecule_id": m,
+                               "molecular_structure": loose,
+                               "validation_checks": ["bond_consistency"]})  # fmt: skip
+        assert bonds["status"] == "invalid" and bonds["error"]["error_code"] == "PF102"
+
+        cyclic = {**structure, "bonds": [bond("a", "b"), bond("b", "a")]}
+        cycle = await ask(pf, {"coordination_type": "validate", "molecule_id": m,
+                               "molecular_structure": cyclic})  # fmt: skip
+        assert cycle["status"] == "invalid"
+        first = cycle["validation_results"][0]
+        assert first["check"] == "circular_dependency_detection" and first["passed"] is False
+        assert cycle["error"]["error_details"]["cycle"] == ["a", "b", "a"]
+
+        for payload, field in [
+            ({"validation_checks": ["packet_availability", "vibes"]},
+             "payload.validation_checks[1]"),
+        ]:  # fmt: skip
+            err = await expect_error(mc.gateway.url, {
+                "coordination_type": "validate", "molecule_id": m,
+                "molecular_structure": structure, **payload})  # fmt: skip
+            assert err.code == "PF002" and err.field == field
+        err = await expect_error(
+            mc.gateway.url,
+            {"coordination_type": "initiate", "molecule_id": m, "molecular_structure": big},
+        )
+        assert err.code == "PF501"
+        assert err.field == "payload.molecular_structure.packets[2].resource_requirements"
+        err = await expect_error(
+            mc.gateway.url,
+            {
+                "coordination_type": "validate",
+                "molecule_id": m,
+                "molecular_structure": {
+                    **structure,
+                    "packets": [pk("a", "load", resource_requirements={"gpus": 1})],
+                },
+            },
+        )
+        assert err.code == "PF002"
+        assert err.field == "payload.molecular_structure.packets[0].resource_requirements.gpus"
     assert http(mc.gateway, "GET", f"/v1/molecules/{m}")[0] == 404  # nothing ran
+
+
+def _big_share() -> float:
+    """60% of this machine's memory, which every reactor here announces and leases out:
+    two such reservations cannot both fit on one reactor."""
+    import psutil
+
+    return round(psutil.virtual_memory().total / 2**20 * 0.6, 1)
+
+
+async def test_reserve_holds_capacity_until_execute_finishes_7_3(mc: Molecules) -> None:
+    share = {"memory_mb": _big_share(), "cpu_cores": 1}
+    first, second = mid("hold-a"), mid("hold-b")
+    held = [{"reactor_id": "reactor-a", "resource_requirements": share}]
+
+    def reserve(m: str, **extra: Any) -> dict[str, Any]:
+        return {"coordination_type": "reserve", "molecule_id": m, "resource_reservations": held,
+                "molecular_structure": {"packets": [pk("s", "sleep", {"seconds": 0.3})]},
+                **extra}  # fmt: skip
+
+    async with AsyncClient(mc.gateway.url) as pf:
+        answer = await ask(pf, reserve(first))
+        assert answer["status"] == "reserved"
+        (lease,) = answer["resource_reservations"]
+        assert lease["reactor_id"] == "reactor-a" and lease["held"] is True
+        assert lease["allocation_id"]
+        err = await expect_error(mc.gateway.url, reserve(second))  # no room left on it
+        assert err.code == "PF004" and err.details["reactor_id"] == "reactor-a"
+
+        seen = await until_finished(pf.coordinate({"coordination_type": "execute",
+                                                   "molecule_id": first}))  # fmt: skip
+        assert seen[0]["coordination_type"] == "execute"
+        assert seen[-1]["status"] == "success"
+        assert seen[-1]["results"]["s"]["slept"] == 0.3
+
+    async def reserved(m: str) -> dict[str, Any] | None:
+        try:
+            async with AsyncClient(mc.gateway.url) as pf:
+                return await ask(pf, reserve(m, coordination_metadata={"hold_ms": 300}))
+        except PacketFlowError as exc:
+            assert exc.code == "PF004"
+            return None
+
+    answer = await poll(lambda: reserved(second), "the first reservation's release")
+    assert answer["status"] == "reserved"
+    # `second` is never executed: its hold expires and the capacity comes back.
+    answer = await poll(lambda: reserved(mid("hold-c")), "the unexecuted hold to expire")
+    assert answer["status"] == "reserved"
+    err = await expect_error(mc.gateway.url, {"coordination_type": "execute",
+                                              "molecule_id": mid("never-reserved")})  # fmt: skip
+    assert err.code == "PF002" and err.field == "payload.molecule_id"
+    bad = reserve(mid("bad"))
+    bad["resource_reservations"] = [{"reactor_id": "nobody", "resource_requirements": share}]
+    err = await expect_error(mc.gateway.url, bad)
+    assert err.code == "PF002" and err.field == "payload.resource_reservations[0].reactor_id"
+
+
+async def poll(probe: Any, what: str, timeout: float = 10.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
 
 
 async def test_optimize_applies_parallelization_to_a_running_molecule(mc: Molecules) -> None:
@@ -737,6 +875,127 @@ def test_molecule_resumes_after_the_gateway_is_killed(tmp_path: Path) -> None:
         cluster.stop()
 
 
+def test_resumed_packet_is_answered_by_the_reactor_that_was_running_it(tmp_path: Path) -> None:
+    """Hardening issue 13: SIGKILL the gateway while a molecule packet runs on reactor R;
+    restart it on the same data dir while R is held back and the other reactor re-announces
+    first. The journal names R, so the resumed packet waits (--resume-grace) for R, which
+    answers it from its idempotency window: its handler ran exactly once, on R. Before,
+    the packet went to the first reactor back and ran a second time there."""
+    cluster = Cluster()
+    data = tmp_path / "reactor"
+    gw_dir = str(tmp_path / "gw")
+    held: Node | None = None
+    try:
+        gw = cluster.gateway("--data-dir", gw_dir, "--resume-grace", "60")
+        reactors = {
+            rid: cluster.reactor(gw, "--module", MODULE, "--data-dir", str(data), "--id", rid)
+            for rid in ("reactor-r1", "reactor-r2")
+        }
+        m = mid("pinned")
+        status, body = http(gw, "POST", "/v1/molecules", {
+            "molecule_id": m,
+            "packets": [pk("slow", "sleep", {"seconds": 4, "value": 2}),
+                        pk("after", "echo_inputs", dependencies=["slow"])],
+        })  # fmt: skip
+        assert status == 202, body
+        wire = safe_name(f"{m}:{body['run_id']}:slow")
+        runs = data / "runs"
+        marker = wait_for(lambda: [p for p in runs.glob(f"{wire}.*")] if runs.exists() else [],
+                          20, "the slow packet to start")  # fmt: skip
+        running_on = marker[0].read_text()
+
+        def dispatch_journaled() -> bool:
+            with sqlite3.connect(tmp_path / "gw" / "molecules.sqlite3") as db:
+                sql = "SELECT reactor_id FROM events WHERE kind = ? AND packet_id = ?"
+                row = db.execute(sql, ("packet_dispatched", "slow")).fetchone()
+            return row is not None and row[0] == running_on
+
+        wait_for(dispatch_journaled, 10, "the dispatch to be journaled")
+        held = reactors[running_on]
+        other = next(n for rid, n in reactors.items() if rid != running_on)
+        held.proc.send_signal(signal.SIGSTOP)  # R cannot re-announce until let go
+        gw.proc.kill()
+        gw.proc.wait(5)
+        port = gw.url.rsplit(":", 1)[1].split("/")[0]
+        gw2 = cluster.gateway("--data-dir", gw_dir, "--port", port, "--resume-grace", "60")
+        cluster.wait_linked(gw2, other)  # the other reactor is back first and could run it
+        held.proc.send_signal(signal.SIGCONT)
+        held = None
+        final = wait_for(lambda: finished(gw2, m), 60, "the molecule to finish after restart")
+        assert final["status"] == "success", final
+        assert final["results"]["slow"]["reactor_id"] == running_on
+        assert final["results"]["after"]["inputs"]["slow"]["result"] == 2
+        assert runs_of(data).get(wire) == 1, "the slow packet's handler ran twice"
+    finally:
+        if held is not None:
+            held.proc.send_signal(signal.SIGCONT)
+        cluster.stop()
+
+
+async def test_a_journal_that_cannot_be_written_stops_the_molecule_cleanly(
+    tmp_path: Path,
+) -> None:
+    """Hardening issue 9, for real: another process holds the journal's SQLite write lock
+    (as a backup tool or an sqlite3 shell can), so the gateway's commits fail. The running
+    molecule stops with PF503 saying why and its next packet never runs; new molecules are
+    refused with PF503; once the lock is gone molecules run again and the stopped one is
+    on record as failed, so it will not resume after a restart."""
+    cluster = Cluster()
+    data = tmp_path / "reactor"
+    journal = tmp_path / "gw" / "molecules.sqlite3"
+    lock: sqlite3.Connection | None = None
+    try:
+        gw = cluster.gateway("--data-dir", str(tmp_path / "gw"))
+        reactor = cluster.reactor(gw, "--module", MODULE, "--data-dir", str(data))
+        m = mid("locked")
+        payload = initiate(m, [pk("slow", "sleep", {"seconds": 0.5, "value": 1}),
+                               pk("after", "echo_inputs", dependencies=["slow"])])  # fmt: skip
+        async with AsyncClient(gw.url) as pf, asyncio.timeout(RUN_TIMEOUT_S):
+            stream = pf.coordinate(payload)
+            ack = msgspec.to_builtins((await anext(stream)).payload)
+            assert ack["coordination_type"] == "initiate"
+            wire = safe_name(f"{m}:{ack['coordination_metadata']['run_id']}:slow")
+            await asyncio.to_thread(wait_for, lambda: runs_of(data).get(wire), 20, "slow")
+            # Hold the reactor while the lock is taken, so slow's result surely comes after.
+            reactor.proc.send_signal(signal.SIGSTOP)
+            try:
+                lock = sqlite3.connect(journal, isolation_level=None, timeout=10)
+                lock.execute("BEGIN EXCLUSIVE")
+            finally:
+                reactor.proc.send_signal(signal.SIGCONT)
+            seen = await until_finished(stream)
+        final = seen[-1]
+        assert final["coordination_type"] == "complete" and final["status"] == "failed"
+        assert final["error"]["error_code"] == "PF503"
+        assert "journal could not be written" in final["error"]["error_message"]
+        assert "locked" in final["error"]["error_message"]
+        run_id = ack["coordination_metadata"]["run_id"]
+        assert safe_name(f"{m}:{run_id}:after") not in runs_of(data), "ran unjournaled"
+
+        status, body = http(gw, "POST", "/v1/molecules", {"packets": [pk("p", "sleep")]})
+        assert status == 503 and body["payload"]["error_code"] == "PF503", body
+        assert gw.get("/v1/molecules")["journal"]["commit_errors"] >= 2
+
+        lock.rollback()
+        lock.close()
+        lock = None
+        status, body = http(gw, "POST", "/v1/molecules?wait=true",
+                            {"packets": [pk("p", "sleep", {"value": 7})]})  # fmt: skip
+        assert status == 200 and body["status"] == "success", body
+
+        def stored_status() -> str | None:
+            with sqlite3.connect(journal) as db:
+                row = db.execute("SELECT status FROM molecules WHERE molecule_id = ?",
+                                 (m,)).fetchone()  # fmt: skip
+            return row[0] if row else None
+
+        assert wait_for(stored_status, 20, "the stopped molecule's finish") == "failed"
+    finally:
+        if lock is not None:
+            lock.close()
+        cluster.stop()
+
+
 # ---------------------------------------------------------------- CLI and examples
 
 
@@ -808,3 +1067,40 @@ def test_cli_run_exits_1_when_the_molecule_fails(mc: Molecules, tmp_path: Path) 
     out = _cli("molecule", "run", str(path), "--url", mc.gateway.url)
     assert out.returncode == 1
     assert "failed" in out.stdout
+
+
+# ---------------------------------------------------------------- §10.4 bond adjustment, healing
+
+
+async def test_bypass_bond_routes_around_a_failed_packet_10_4_1(mc: Molecules) -> None:
+    payload = initiate(
+        mid("bypass"),
+        [pk("a", "load", {"rows": [1, 2]}), pk("b", "transform", BAD_OP), pk("c", "echo_inputs")],
+        [bond("a", "b"), bond("b", "c")],
+        fault_tolerance="isolate_and_continue",
+        molecular_error_handling={"bond_adjustment": {"create_bypass_bonds": True}},
+    )
+    _, final = await run_ws(mc.gateway.url, payload)
+    assert final["status"] == "partial"
+    assert set(final["results"]) == {"a", "c"}
+    assert list(final["results"]["c"]["inputs"]) == ["a"]  # c got a's result, not b's
+
+
+async def test_healing_under_fail_fast_lets_the_run_go_on_10_4_2(mc: Molecules) -> None:
+    payload = initiate(
+        mid("heal"),
+        [pk("a", "transform", BAD_OP), pk("b", "echo_inputs")],
+        [bond("a", "b")],
+        healing=True,
+    )
+    _, final = await run_ws(mc.gateway.url, payload)
+    assert final["status"] == "partial"
+    assert final["execution_state"]["bonds_converted"] is True
+    assert "b" in final["results"]
+    err = await expect_error(mc.gateway.url, initiate(
+        mid("heal-bad"), [pk("a", "echo_inputs")],
+        molecular_healing={"healing_triggers": ["cpu > 3"]}))  # fmt: skip
+    assert err.code == "PF002"
+    assert (
+        err.field == "payload.molecular_structure.properties.molecular_healing.healing_triggers[0]"
+    )

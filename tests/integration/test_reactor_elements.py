@@ -37,7 +37,7 @@ async def expect_error(call: Any, code: str, field: str | None = None) -> Packet
 
 async def test_publish_wakes_a_listener_on_the_reactor(reactor: Node) -> None:
     """ed:listen waits for the next event on the reactor's own bus; ed:publish delivers it."""
-    async with packetflow.connect(reactor.url) as pf:
+    async with packetflow.connect(reactor.url, headers=reactor.auth_headers()) as pf:
         listen = asyncio.ensure_future(
             pf.submit("ed", "listen", {"topic": "orders.*", "timeout_ms": 10_000})
         )
@@ -54,7 +54,7 @@ async def test_publish_wakes_a_listener_on_the_reactor(reactor: Node) -> None:
 
 
 async def test_listen_times_out_pf504_and_bad_topic_is_pf002(reactor: Node) -> None:
-    async with packetflow.connect(reactor.url) as pf:
+    async with packetflow.connect(reactor.url, headers=reactor.auth_headers()) as pf:
         start = time.monotonic()
         err = await expect_error(
             pf.submit("ed", "listen", {"topic": "quiet", "timeout_ms": 100}), "PF504"
@@ -74,7 +74,7 @@ async def test_listen_times_out_pf504_and_bad_topic_is_pf002(reactor: Node) -> N
 
 
 async def test_sync_releases_two_parties(reactor: Node) -> None:
-    async with packetflow.connect(reactor.url) as pf:
+    async with packetflow.connect(reactor.url, headers=reactor.auth_headers()) as pf:
         first, second = await asyncio.gather(
             pf.submit("co", "sync", {"barrier": "stage-1", "parties": 2, "timeout_ms": 10_000}),
             pf.submit("co", "sync", {"barrier": "stage-1", "parties": 2, "timeout_ms": 10_000}),
@@ -89,7 +89,7 @@ async def test_sync_releases_two_parties(reactor: Node) -> None:
 
 async def test_allocate_over_capacity_is_pf004(reactor: Node) -> None:
     slots = (os.cpu_count() or 1) * 4  # rm.CPU_SLOTS_PER_CORE: the reactor's default capacity
-    async with packetflow.connect(reactor.url) as pf:
+    async with packetflow.connect(reactor.url, headers=reactor.auth_headers()) as pf:
         lease = await pf.submit(
             "rm", "allocate", {"resources": {"cpu_slots": slots}, "lease_ms": 60_000}
         )
@@ -109,7 +109,7 @@ async def test_allocate_over_capacity_is_pf004(reactor: Node) -> None:
 
 
 async def test_scale_monitor_and_adapt(reactor: Node) -> None:
-    async with packetflow.connect(reactor.url) as pf:
+    async with packetflow.connect(reactor.url, headers=reactor.auth_headers()) as pf:
         scaled = await pf.submit("rm", "scale", {"max_concurrent": 8})
         assert scaled.data["old"] == 4 and scaled.data["new"] == 8
         caps = (await pf.submit("cf", "introspect")).data["capacity"]

@@ -35,12 +35,13 @@ def start_reactor(cluster: Cluster, tmp_path: Path, *args: str,
     repository root on its path whatever directory pytest runs from."""
     path = [str(ROOT), str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
     cmd = [sys.executable, "-m", "packetflow", "--log-level", "WARNING", "reactor",
-           "--port", "0", "--data-dir", str(tmp_path), *USER_ELEMENTS, *args]  # fmt: skip
+           "--port", "0", "--data-dir", str(tmp_path), *USER_ELEMENTS,
+           "--accept-token-file", str(cluster.accept_token_file), *args]  # fmt: skip
     if gateway is not None:
         cmd += ["--gateway", gateway.url]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(path)})  # fmt: skip
-    node = cluster.adopt(proc, f"reactor {args}")
+    node = cluster.adopt(proc, f"reactor {args}", "reactor", tmp_path)
     if gateway is not None:
         cluster.wait_linked(gateway, node)
     return node
@@ -119,7 +120,7 @@ async def test_hanging_raising_and_garbage_handlers_never_take_the_reactor_down(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     reactor = start_reactor(cluster, tmp_path)
-    async with packetflow.connect(reactor.url) as pf:
+    async with packetflow.connect(reactor.url, headers=reactor.auth_headers()) as pf:
 
         async def failure(element: str, data: dict[str, Any], **kw: Any) -> PacketFlowError:
             with pytest.raises(PacketFlowError) as info:
@@ -170,7 +171,9 @@ async def test_replies_of_every_frame_length_arrive_intact(
     sizes = [0, 10, 125, 126, 200, 65_535, 65_536, 70_000, 1_000_000] * 3
     async with (
         aiohttp.ClientSession() as session,
-        session.ws_connect(reactor.url, compress=compress, max_msg_size=0) as ws,
+        session.ws_connect(
+            reactor.url, compress=compress, max_msg_size=0, headers=reactor.auth_headers()
+        ) as ws,
     ):
         for i, size in enumerate(sizes):
             await ws.send_str(json.dumps({
@@ -201,7 +204,10 @@ async def test_replies_ready_together_go_to_a_gateway_as_one_batch(
               "timestamp": 0, "source_id": "batcher",
               "payload": {"packet": {"group": "cf", "element": "ping"}}}
              for i in range(20)]  # fmt: skip
-    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(url, headers=reactor.auth_headers()) as ws,
+    ):
         await ws.send_str(json.dumps(batch))
         frames: list[Any] = []
         replies: list[dict[str, Any]] = []
@@ -228,7 +234,10 @@ async def test_heartbeats_to_a_gateway_connection_carry_load_metrics(
     """§4.2.4 fields and §8.3 load_metrics, every --heartbeat-interval, to role=gateway."""
     reactor = start_reactor(cluster, tmp_path, "--heartbeat-interval", "0.2")
     url = f"{reactor.url}?role=gateway&source_id=gateway-probe"
-    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(url, headers=reactor.auth_headers()) as ws,
+    ):
         for i in range(4):
             await ws.send_str(json.dumps({
                 "protocol_version": "1.0", "message_type": "submit",
@@ -299,7 +308,7 @@ async def test_health_and_metrics_endpoints_report_traffic(
     for name, kind in exposed:
         assert f"# TYPE {name} {kind}\n" in text, name
     assert sample(text, "packetflow_in_flight") == 0
-    async with packetflow.connect(reactor.url) as pf:
+    async with packetflow.connect(reactor.url, headers=reactor.auth_headers()) as pf:
         for _ in range(5):
             await pf.submit("cf", "ping")
         for element in ("boom", "no_such_element"):
@@ -336,7 +345,7 @@ async def test_sigterm_drains_in_flight_work_refuses_new_and_exits_0(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     reactor = start_reactor(cluster, tmp_path, "--grace", "10")
-    async with packetflow.connect(reactor.url) as pf:
+    async with packetflow.connect(reactor.url, headers=reactor.auth_headers()) as pf:
         slow = asyncio.ensure_future(pf.submit("mc", "nap", {"seconds": 1.5}))
         await poll(lambda: _at_least(in_flight(reactor), 1), "the slow packet to start")
         t0 = time.monotonic()
@@ -357,7 +366,7 @@ async def _draining(node: Node) -> bool:
 
 async def test_cf_shutdown_drains_then_exits_0(cluster: Cluster, tmp_path: Path) -> None:
     reactor = start_reactor(cluster, tmp_path)
-    async with packetflow.connect(reactor.url) as pf:
+    async with packetflow.connect(reactor.url, headers=reactor.auth_headers()) as pf:
         slow = asyncio.ensure_future(pf.submit("mc", "nap", {"seconds": 1.0}))
         await poll(lambda: _at_least(in_flight(reactor), 1), "the slow packet to start")
         res = await pf.submit("cf", "shutdown", {"grace_ms": 5000})
@@ -376,7 +385,7 @@ async def test_packet_running_past_the_grace_period_gets_pf503_and_process_exits
     """A handler still running when the grace period ends is cancelled and answered;
     a thread stuck in a sync handler does not keep the process alive."""
     reactor = start_reactor(cluster, tmp_path, "--grace", "0.5")
-    async with packetflow.connect(reactor.url) as pf:
+    async with packetflow.connect(reactor.url, headers=reactor.auth_headers()) as pf:
         stuck = asyncio.ensure_future(pf.submit("mc", element, {"seconds": 30}))
         await poll(lambda: _at_least(in_flight(reactor), 1), "the stuck packet to start")
         t0 = time.monotonic()

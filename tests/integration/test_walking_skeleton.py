@@ -17,6 +17,7 @@ from packetflow.protocol.errors import PacketFlowError
 
 from .cluster import Cluster, Node, wait_for
 
+CORPUS_MESSAGE_1 = Path(__file__).parents[1] / "corpus" / "valid_submit_wire_example_1.json"
 SPEC = Path(os.environ.get("PFAP_SPEC", Path(__file__).parents[3] / "shared/spec/PFAP-v1.0.md"))
 
 # Message 1 of the spec's "Complete Packet Submission Flow", verbatim.
@@ -50,15 +51,20 @@ WIRE_MESSAGE_1 = """{
 
 @pytest.fixture
 def gw(cluster: Cluster) -> Node:
-    gateway = cluster.gateway()
+    # The wire example addresses its SUBMIT to "gateway-01": that must be this gateway's
+    # id (a destination_id naming no gateway or reactor is PF003).
+    gateway = cluster.gateway("--id", "gateway-01")
     cluster.reactor(gateway, "--specialization", "memory_bound", "--id", "reactor-mem")
     cluster.reactor(gateway, "--specialization", "cpu_intensive", "--id", "reactor-cpu")
     return gateway
 
 
-async def _exchange(url: str, frames: list[str | bytes]) -> list[dict]:
+async def _exchange(node: Node, frames: list[str | bytes]) -> list[dict]:
     out = []
-    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(node.url, headers=node.auth_headers()) as ws,
+    ):
         for frame in frames:
             if isinstance(frame, bytes):
                 await ws.send_bytes(frame)
@@ -69,16 +75,17 @@ async def _exchange(url: str, frames: list[str | bytes]) -> list[dict]:
     return out
 
 
-def test_wire_message_1_is_the_spec_text() -> None:
-    """The test's copy of message 1 must be the spec's text, byte for byte."""
-    if not SPEC.exists():
-        pytest.skip(f"spec not found at {SPEC}")
-    assert WIRE_MESSAGE_1 in SPEC.read_text()
+def test_wire_message_1_is_the_corpus_copy_of_the_spec_text() -> None:
+    """The test's copy of message 1 is the project's own fixture of the spec's text
+    (tests/corpus, committed), byte for byte; also against the spec when it is at hand."""
+    assert CORPUS_MESSAGE_1.read_text().rstrip("\n") == WIRE_MESSAGE_1
+    if SPEC.exists():
+        assert WIRE_MESSAGE_1 in SPEC.read_text()
 
 
 async def test_wire_example_message_1_returns_message_4(gw: Node) -> None:
     """Wire example §1 → §4: same packet id, correlation, result and processing metadata."""
-    (reply,) = await _exchange(gw.url, [WIRE_MESSAGE_1])
+    (reply,) = await _exchange(gw, [WIRE_MESSAGE_1])
     assert reply["message_type"] == "result"
     assert reply["correlation_id"] == "msg_a1b2c3d4"
     assert reply["destination_id"] == "client-webapp-01"
@@ -119,7 +126,7 @@ async def test_bad_inputs_get_errors_and_connection_stays_usable(gw: Node) -> No
         json.dumps({k: v for k, v in base.items() if k != "payload"}),
         good,
     ]
-    replies = await _exchange(gw.url, frames)
+    replies = await _exchange(gw, frames)
     codes = [r["payload"].get("error_code") for r in replies]
     assert codes[:6] == ["PF001", "PF001", "PF002", "PF002", "PF003", "PF002"]
     details = [r["payload"]["error_details"] for r in replies[:6]]
@@ -169,15 +176,18 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_submit_and_status(gw: Node) -> None:
-    ping = _cli("submit", "cf", "ping", "--url", gw.url)
+    ping = _cli("submit", "cf", "ping", "--json", "--url", gw.url)
     assert ping.returncode == 0, ping.stderr
     assert json.loads(ping.stdout)["data"]["pong"] is True
-    out = _cli("submit", "df", "transform", "--url", gw.url, "--data",
+    out = _cli("submit", "df", "transform", "--json", "--url", gw.url, "--data",
                '{"input":["apple","banana","cherry"],"operation":"uppercase"}')  # fmt: skip
     assert json.loads(out.stdout)["data"]["result"] == ["APPLE", "BANANA", "CHERRY"]
-    bad = _cli("submit", "zz", "ping", "--url", gw.url)
+    bad = _cli("submit", "zz", "ping", "--json", "--url", gw.url)
     assert bad.returncode == 1
-    assert json.loads(bad.stderr)["error"]["error_code"] == "PF002"
+    assert json.loads(bad.stdout)["error"]["error_code"] == "PF002"
+    pretty = _cli("submit", "zz", "ping", "--url", gw.url)
+    assert pretty.returncode == 1
+    assert pretty.stderr.startswith("PF002 validation_error: ")
     status = _cli("status", "--url", gw.url)
     assert status.returncode == 0
     assert "reactor-mem" in status.stdout and "memory_bound" in status.stdout

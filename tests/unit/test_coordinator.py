@@ -21,6 +21,7 @@ import pytest
 from packetflow.gateway import coordinator as coord
 from packetflow.gateway.coordinator import MoleculeCoordinator
 from packetflow.gateway.journal import JournalError
+from packetflow.gateway.shared import Standalone
 from packetflow.protocol import optimizer
 from packetflow.protocol.chemistry import STANDARD_MATRIX
 from packetflow.protocol.errors import PacketFlowError
@@ -40,6 +41,7 @@ from packetflow.protocol.messages import (
 )
 from packetflow.protocol.molecules import parse_molecule
 from packetflow.protocol.optimizer import Observed, suggest
+from packetflow.security.guard import Guard
 
 from .expect import poll
 
@@ -80,6 +82,15 @@ class FakeRegistry:
     def candidates(self, group: str, element: str) -> list[FakeRecord]:
         return list(self.records) if self.supports(group, element) else []
 
+    def get(self, reactor_id: str) -> Any:
+        for r in self.records:
+            if r.reactor_id == reactor_id and self.online:
+                return SimpleNamespace(
+                    reactor_id=r.reactor_id, link=object(), health=r.health,
+                    capabilities=frozenset(self.kinds),
+                )  # fmt: skip
+        return None
+
 
 class FakeCounter:
     def labels(self, *args: str) -> FakeCounter:
@@ -116,6 +127,12 @@ class Sent:
     msg: Submit
     on_frame: Callable[[bytes], None]
     prefer: str | None
+    on_dispatch: Callable[[str], None] | None = None
+
+    @property
+    def pinned(self) -> str | None:
+        dest = self.msg.destination_id
+        return dest if isinstance(dest, str) else None
 
     @property
     def packet(self) -> Any:
@@ -128,17 +145,31 @@ class Sent:
 
 class FakeGateway:
     def __init__(self, data_dir: Path) -> None:
-        self.config = SimpleNamespace(data_dir=data_dir, journal_path=None, journal_sync=None)
+        self.config = SimpleNamespace(
+            data_dir=data_dir, journal_path=None, journal_sync=None, resume_grace_s=5.0
+        )
+        self.dispatch_to: str | None = None  # the reactor the router "chooses", if any
         self.gateway_id = "gateway-test"
         self.registry = FakeRegistry()
         self.matrix = {g: dict(r) for g, r in STANDARD_MATRIX.items()}
         self.metrics = SimpleNamespace(errors=FakeCounter())
         self.sent: list[Sent] = []
+        self.guard = Guard()  # the real authorization edge, with no audit file
+        self.cluster = Standalone()  # the embedded mode: the SQLite journal
 
     def submit_internal(
-        self, msg: Submit, on_frame: Callable[[bytes], None], *, prefer: str | None = None
+        self,
+        msg: Submit,
+        on_frame: Callable[[bytes], None],
+        *,
+        prefer: str | None = None,
+        on_dispatch: Callable[[str], None] | None = None,
     ) -> None:
-        self.sent.append(Sent(msg, on_frame, prefer))
+        sent = Sent(msg, on_frame, prefer, on_dispatch)
+        self.sent.append(sent)
+        if self.dispatch_to is not None and sent.on_dispatch is not None:
+            # Like Gateway._send: the chosen reactor is reported before the frame leaves.
+            sent.on_dispatch(sent.pinned or self.dispatch_to)
 
     def answer_error(
         self,
@@ -410,6 +441,71 @@ async def test_resume_after_a_crash_reruns_nothing_finished(tmp_path: Path) -> N
         await second.stop()
 
 
+async def crash_while_b_runs_on_r2(tmp_path: Path) -> str:
+    """Run a -> b with a on r1 and b dispatched to r2, then "crash" (as in the test
+    above). Returns b's wire packet id."""
+    gateway1 = FakeGateway(tmp_path)
+    gateway1.dispatch_to = "r1"
+    first = MoleculeCoordinator(cast(Any, gateway1))
+    await first.start()
+    send(first, initiate("mr", [pk("a"), pk("b")], [bond("a", "b")]))
+    await settle()
+    gateway1.dispatch_to = "r2"
+    succeed(gateway1.find("a"), {"result": "A"})
+    await settle()
+
+    def b_dispatch_on_disk() -> bool:
+        rows = journal_rows(tmp_path / "molecules.sqlite3",
+                            "SELECT kind, packet_id, reactor_id FROM events")  # fmt: skip
+        return ("packet_dispatched", "b", "r2") in rows
+
+    await poll(b_dispatch_on_disk, "b's dispatch row to be committed")
+    journal = first.journal
+    assert journal is not None and journal.pending == 0
+    first.journal = None
+    first._stopped = True
+    journal.close()
+    return str(gateway1.find("b").packet.id)
+
+
+async def test_resume_asks_the_reactor_the_packet_was_running_on_first(tmp_path: Path) -> None:
+    """Hardening issue 13: after a restart the in-flight packet goes back to the reactor
+    that was running it (it answers from its idempotency window), not to whichever reactor
+    re-announced first, where it would run a second time."""
+    b_id = await crash_while_b_runs_on_r2(tmp_path)
+    gateway2 = FakeGateway(tmp_path)
+    gateway2.registry.records = [FakeRecord("r1")]  # r1 is back, r2 not yet
+    second = MoleculeCoordinator(cast(Any, gateway2))
+    await second.start()
+    try:
+        await asyncio.sleep(coord.RESUME_POLL_S * 4)  # a few polls: b must keep waiting
+        assert gateway2.sent == [], "b went to r1 while r2, which runs it, was coming back"
+        gateway2.registry.records.append(FakeRecord("r2"))  # r2 re-announces
+        await poll(lambda: gateway2.sent, "b to be resubmitted")
+        (b_again,) = gateway2.sent
+        assert b_again.pinned == "r2" and b_again.packet.id == b_id
+        succeed(b_again, {"result": "B"}, reactor="r2")
+        await settle()
+        assert second.status("mr", path="x")["status"] == "success"
+    finally:
+        await second.stop()
+
+
+async def test_resume_goes_elsewhere_when_the_reactor_stays_away(tmp_path: Path) -> None:
+    b_id = await crash_while_b_runs_on_r2(tmp_path)
+    gateway2 = FakeGateway(tmp_path)
+    gateway2.config.resume_grace_s = 0.1
+    gateway2.registry.records = [FakeRecord("r1")]  # r2 never returns
+    second = MoleculeCoordinator(cast(Any, gateway2))
+    await second.start()
+    try:
+        await poll(lambda: gateway2.sent, "b to be resubmitted after the grace")
+        (b_again,) = gateway2.sent
+        assert b_again.pinned is None and b_again.packet.id == b_id
+    finally:
+        await second.stop()
+
+
 async def test_finished_molecules_are_answered_from_the_journal(
     env: tuple[MoleculeCoordinator, FakeGateway],
 ) -> None:
@@ -520,6 +616,128 @@ async def test_a_journal_failure_refuses_the_initiate(
     assert frame["payload"]["error_code"] == "PF503"
     assert "m7" not in coordinator.active
     assert coordinator.journal_errors == 1
+
+
+def read_only(coordinator: MoleculeCoordinator) -> sqlite3.Connection:
+    """Swap the journal's SQLite connection for one opened read-only (SQLite's own
+    ``mode=ro``, which stops root too, unlike a chmod): every write really fails. Returns
+    the writable connection, to put back."""
+    journal = cast(Any, coordinator.journal)
+    writable: sqlite3.Connection = journal._db
+    journal._db = sqlite3.connect(f"file:{journal.path}?mode=ro", uri=True, isolation_level=None)
+    return writable
+
+
+def writable_again(coordinator: MoleculeCoordinator, db: sqlite3.Connection) -> None:
+    journal = cast(Any, coordinator.journal)
+    journal._db.close()
+    journal._db = db
+
+
+async def test_a_failed_journal_commit_stops_the_molecule_before_its_next_step(
+    env: tuple[MoleculeCoordinator, FakeGateway], tmp_path: Path
+) -> None:
+    """Hardening issue 9: a packet's result whose journal entry cannot be written must not
+    start the next packet (nothing runs unjournaled, DESIGN §6); the molecule fails with
+    PF503 saying why, its initiator is answered, later molecules are refused cleanly, and
+    once the journal works again the failed molecule is on record and never resumes."""
+    coordinator, gateway = env
+    peer = send(coordinator, initiate("mj", [pk("a"), pk("b"), pk("c")],
+                                      [bond("a", "b"), bond("b", "c")]))  # fmt: skip
+    await settle()
+    assert gateway.sent_ids() == ["a"]
+    db = read_only(coordinator)
+    succeed(gateway.find("a"), {"result": "A"})
+    await settle()
+    assert gateway.sent_ids() == ["a"], "b ran although a's result was never journaled"
+    (final,) = peer.payloads("complete")
+    assert final["status"] == "failed"
+    assert final["error"]["error_code"] == "PF503"
+    assert final["error"]["retry_possible"] is True
+    assert "journal could not be written" in final["error"]["error_message"]
+    assert "readonly" in final["error"]["error_message"]
+    assert final["error"]["error_details"]["reason"] == "journal_unavailable"
+    assert "mj" not in coordinator.active
+    assert coordinator.status("mj", path="x")["status"] == "failed"
+
+    # Later molecules fail cleanly, each with one PF503, and the coordinator lives on.
+    for name in ("later-1", "later-2"):
+        later = send(coordinator, initiate(name, [pk("a")]))
+        await settle()
+        (refusal,) = later.frames
+        assert refusal["payload"]["error_code"] == "PF503", refusal
+        assert "readonly" in refusal["payload"]["error_message"]
+    assert gateway.sent_ids() == ["a"]
+
+    writable_again(coordinator, db)
+    ok = send(coordinator, initiate("after", [pk("x")]))
+    await settle()
+    assert gateway.sent_ids() == ["a", "x"]
+    succeed(gateway.find("x"), {"result": 1})
+    await settle()
+    assert ok.payloads("complete")[0]["status"] == "success"
+    rows = dict(journal_rows(tmp_path / "molecules.sqlite3",
+                             "SELECT molecule_id, status FROM molecules"))  # fmt: skip
+    assert rows == {"mj": "failed", "after": "success"}, "mj would resume after a restart"
+
+
+async def test_a_lost_dispatch_record_stops_the_molecule_too(
+    env: tuple[MoleculeCoordinator, FakeGateway],
+) -> None:
+    """The row naming the reactor a packet went to is a state change like any other: if
+    it cannot be written, a restart could not ask that reactor first, so the run stops."""
+    coordinator, gateway = env
+    gateway.dispatch_to = "r1"
+    peer = send(coordinator, initiate("md", [pk("a"), pk("b")], [bond("a", "b")]))
+    await asyncio.sleep(0)  # the initiate's commit; a is dispatched and its row buffered
+    assert gateway.sent_ids() == ["a"] and peer.payloads("initiate")
+    read_only(coordinator)
+    await poll(lambda: peer.payloads("complete"), "the molecule to stop")
+    (final,) = peer.payloads("complete")
+    assert final["status"] == "failed" and final["error"]["error_code"] == "PF503"
+    succeed(gateway.find("a"), {"result": "A"})  # the cancelled packet's late reply
+    await settle()
+    assert gateway.sent_ids() == ["a"]
+
+
+async def test_a_failed_commit_of_the_last_step_keeps_the_outcome(
+    env: tuple[MoleculeCoordinator, FakeGateway], tmp_path: Path
+) -> None:
+    """The run had already finished in memory: only writing its finish failed. The
+    initiator gets the true outcome; the finish is written once the journal works."""
+    coordinator, gateway = env
+    peer = send(coordinator, initiate("ml", [pk("a")]))
+    await settle()
+    db = read_only(coordinator)
+    succeed(gateway.find("a"), {"result": 1})
+    await settle()
+    assert peer.payloads("complete")[0]["status"] == "success"
+    db_path = tmp_path / "molecules.sqlite3"
+    assert journal_rows(db_path, "SELECT status FROM molecules") == [(None,)]
+    writable_again(coordinator, db)
+    await poll(lambda: journal_rows(db_path, "SELECT status FROM molecules") == [("success",)],
+               "the finish to be written once the journal works")  # fmt: skip
+
+
+async def test_optimize_apply_is_answered_only_once_journaled(
+    env: tuple[MoleculeCoordinator, FakeGateway],
+) -> None:
+    coordinator, gateway = env
+    peer = send(coordinator, initiate("mo", [pk("slow", "sleep"), pk("ping", "ping", group="cf")],
+                                      [bond("slow", "ping")]))  # fmt: skip
+    await settle()
+    read_only(coordinator)
+    admin = send(
+        coordinator,
+        coordinate({"coordination_type": "optimize", "molecule_id": "mo", "apply": True}),
+    )
+    assert admin.frames == []  # not before the commit
+    await settle()
+    (answer,) = admin.frames
+    assert answer["message_type"] == "error"
+    assert answer["payload"]["error_code"] == "PF503"
+    assert gateway.sent_ids() == ["slow"], "the freed target started unjournaled"
+    assert peer.payloads("complete")[0]["error"]["error_code"] == "PF503"
 
 
 async def test_abort_cancels_and_answers_both_streams(
@@ -676,3 +894,82 @@ def test_suggest_groups_covalent_pairs_on_the_reactor_that_ran_them() -> None:
     assert group["preferred_reactor"] == "r2"
     assert group["reason"] == "frequent_data_exchange"
     assert group["affinity_boost"] == optimizer.LOCALITY_AFFINITY_BOOST
+
+
+async def test_10_1_2_pf105_applying_to_a_molecule_that_is_not_running(
+    env: tuple[MoleculeCoordinator, FakeGateway],
+) -> None:
+    coordinator, gateway = env
+    send(coordinator, initiate("m105", [pk("a")]))
+    await settle()
+    succeed(gateway.find("a"), {"result": 1})
+    await settle()
+    admin = send(
+        coordinator,
+        coordinate({"coordination_type": "optimize", "molecule_id": "m105", "apply": True}),
+    )
+    await settle()
+    (answer,) = admin.frames
+    assert answer["message_type"] == "error"
+    assert answer["payload"]["error_code"] == "PF105"
+    assert answer["payload"]["error_category"] == "optimization_error"
+    assert answer["payload"]["retry_possible"] is False
+    assert answer["payload"]["error_details"]["reason"] == "molecule_not_running"
+    # Asking for suggestions only is still fine.
+    admin = send(coordinator, coordinate({"coordination_type": "optimize", "molecule_id": "m105"}))
+    await settle()
+    assert admin.frames[0]["payload"]["status"] == "suggested"
+
+
+async def test_10_1_2_pf105_a_failed_apply_leaves_the_molecule_unoptimized(
+    env: tuple[MoleculeCoordinator, FakeGateway], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coordinator, gateway = env
+    peer = send(coordinator, initiate("m106", [pk("slow", "sleep"), pk("ping", "ping", group="cf")],
+                                      [bond("slow", "ping")]))  # fmt: skip
+    await settle()
+
+    def broken_restore(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("rebuilt structure is invalid")
+
+    monkeypatch.setattr(coord._Run, "restore", broken_restore)
+    admin = send(
+        coordinator,
+        coordinate({"coordination_type": "optimize", "molecule_id": "m106", "apply": True}),
+    )
+    await settle()
+    (answer,) = admin.frames
+    assert answer["payload"]["error_code"] == "PF105"
+    assert answer["payload"]["retry_possible"] is True
+    assert answer["payload"]["error_details"]["fallback"] == "unoptimized"
+    state = coordinator.active["m106"]
+    assert state.optimized == {} and state.locality == {}
+    assert coordinator.history.optimizations == 0
+    monkeypatch.undo()
+    # The molecule goes on as it was: ping still waits for slow (the ionic bond held).
+    assert gateway.sent_ids() == ["slow"]
+    succeed(gateway.find("slow"), {"result": 1})
+    await settle()
+    succeed(gateway.find("ping"), {"pong": True})
+    await settle()
+    assert peer.payloads()[-1]["status"] == "success"
+    health = coordinator.history.metrics()
+    assert health["bond_success_rate"] == 1.0 and health["molecular_participation"] == 1
+
+
+async def test_4_2_2_packets_changed_by_an_applied_optimization_say_so(
+    env: tuple[MoleculeCoordinator, FakeGateway],
+) -> None:
+    """The freed target goes out with metadata.optimizations, which its reactor reports as
+    chemical_analysis.optimization_applied (protocol/reaction.py); the untouched one not."""
+    coordinator, gateway = env
+    send(coordinator, initiate("m107", [pk("slow", "sleep"), pk("ping", "ping", group="cf")],
+                               [bond("slow", "ping")]))  # fmt: skip
+    await settle()
+    apply = {"coordination_type": "optimize", "molecule_id": "m107", "apply": True}
+    send(coordinator, coordinate(apply))
+    await settle()
+    assert "parallelization" in gateway.find("ping").packet.metadata["optimizations"]
+    assert "optimizations" not in gateway.find("slow").packet.metadata
+    assert coordinator.history.optimizations == 1
+    assert coordinator.active["m107"].meta()["optimized"]["ping"]

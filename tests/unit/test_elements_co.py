@@ -652,11 +652,82 @@ async def test_consensus_bad_input_pf002(runtime: ReactorRuntime, data: dict, fi
 
 def test_spread_gives_each_replica_its_own_reactor_when_there_are_enough() -> None:
     assert co.spread(["a", "b", "c"], 3) == [["b", "c"], ["a", "c"], ["a", "b"]]
-    # more reactors than replicas: the unused ones stay open for failover
-    assert co.spread(["a", "b", "c", "d"], 2) == [["b"], ["a"]]
+    # more reactors than replicas: each replica avoids every reactor but its own, so two
+    # replicas can never meet on a spare one
+    assert co.spread(["a", "b", "c", "d"], 2) == [["b", "c", "d"], ["a", "c", "d"]]
     # fewer: round robin
     assert co.spread(["a", "b"], 3) == [["b"], ["a"], ["b"]]
     assert co.spread([], 2) == [[], []]
+
+
+async def test_consensus_replicas_never_share_a_reactor_when_enough_exist(
+    runtime: ReactorRuntime,
+) -> None:
+    """The hardening issue: 2 of 3 replicas ran on one reactor with 5 available, because
+    the router preferred a reactor meant for no replica. Here the router prefers r5."""
+    rows = [row(f"r{i}", i / 10) for i in range(1, 6)]
+    by_router_preference = list(reversed(rows))
+    gw = FakeGateway(
+        rows=rows, on_submit=route_avoiding(by_router_preference, lambda rid, d: {"result": 1})
+    )
+    out = await co.consensus(
+        {"packet": {"group": "df", "element": "transform"}}, make_ctx(runtime, gw)
+    )
+    reactors = [v["reactor_id"] for v in out["votes"]]
+    assert len(set(reactors)) == 3, reactors
+    assert out["distinct_reactors"] == 3
+    assert out["agreement"] == 1.0
+
+
+async def test_consensus_distinct_reactors_counts_reactors_not_replicas(
+    runtime: ReactorRuntime,
+) -> None:
+    rows = [row("r1"), row("r2")]
+    gw = FakeGateway(rows=rows, on_submit=route_avoiding(rows, lambda rid, d: {"result": 1}))
+    out = await co.consensus(
+        {"packet": {"group": "df", "element": "transform"}, "replicas": 3},
+        make_ctx(runtime, gw),
+    )
+    assert [v["reactor_id"] for v in out["votes"]] == ["r1", "r2", "r1"]
+    assert out["distinct_reactors"] == 2
+
+
+async def test_consensus_reruns_a_failed_replica_on_a_spare_reactor(
+    runtime: ReactorRuntime,
+) -> None:
+    rows = [row(f"r{i}", i / 10) for i in range(1, 6)]
+    route = route_avoiding(rows, lambda rid, d: {"result": 1})
+
+    async def on_submit(g: str, e: str, data: dict, opts: dict) -> tuple[Any, str]:
+        avoid = (opts.get("routing_preferences") or {}).get("avoid_reactors", [])
+        if "r2" not in avoid:  # r2 lost its connection while running the replica
+            raise ProcessingFailed("reactor died", retryable=True)
+        return await route(g, e, data, opts)
+
+    gw = FakeGateway(rows=rows, on_submit=on_submit)
+    out = await co.consensus(
+        {"packet": {"group": "df", "element": "transform"}}, make_ctx(runtime, gw)
+    )
+    assert [v["reactor_id"] for v in out["votes"]] == ["r1", "r4", "r3"]
+    assert out["distinct_reactors"] == 3 and out["agreement"] == 1.0
+    assert [opts["packet_id"] for *_, opts in gw.submits].count("packet_parent.replica.1") == 2
+
+
+async def test_consensus_without_spares_keeps_the_failed_vote(runtime: ReactorRuntime) -> None:
+    rows = [row("r1"), row("r2"), row("r3")]
+    route = route_avoiding(rows, lambda rid, d: {"result": 1})
+
+    async def on_submit(g: str, e: str, data: dict, opts: dict) -> tuple[Any, str]:
+        if "r2" not in (opts.get("routing_preferences") or {}).get("avoid_reactors", []):
+            raise ProcessingFailed("reactor died", retryable=True)
+        return await route(g, e, data, opts)
+
+    gw = FakeGateway(rows=rows, on_submit=on_submit)
+    out = await co.consensus(
+        {"packet": {"group": "df", "element": "transform"}}, make_ctx(runtime, gw)
+    )
+    assert [v.get("error_code") for v in out["votes"]] == [None, "PF005", None]
+    assert out["distinct_reactors"] == 2 and len(gw.submits) == 3
 
 
 def test_canonical_ignores_volatile_keys_key_order_and_integral_floats() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from packetflow.protocol.errors import PacketFlowError
+from packetflow.protocol.errors import PacketFlowError, is_client_error
 from packetflow.reactor.context import Context
 from packetflow.reactor.elements import contract, df
 from packetflow.reactor.registry import Registry
@@ -782,9 +782,12 @@ def test_load_other_bad_fields(ctx: Context) -> None:
     fails(df.load, {"source": "file://a.csv", "format": "xml"}, ctx, "PF002", "format")
 
 
-def test_load_missing_file_is_retryable_pf005_with_details(ctx: Context) -> None:
+def test_load_missing_file_is_the_clients_non_retryable_pf005(ctx: Context) -> None:
+    """A missing file fails the same way on every reactor: not retried, not counted
+    against the reactor (hardening issue 5)."""
     err = fails(df.load, {"source": "file://nope/missing.csv"}, ctx, "PF005")
-    assert err.retryable
+    assert not err.retryable
+    assert is_client_error(err.code, err.retryable)
     assert err.details == {"reason": "file_not_found", "path": "nope/missing.csv"}
 
 

@@ -67,10 +67,14 @@ def test_spec_tables_are_complete() -> None:
     assert len(SPEC_APPENDIX_A) == 12
 
 
+# DESIGN §8 / docs/security.md: §10.1 has no security codes, so these two are added.
+SECURITY_CODES = {"PF401", "PF403"}
+
+
 def test_catalogue_is_exactly_the_spec_codes() -> None:
-    """§10.1 ∪ Appendix A; no invented codes."""
+    """§10.1 ∪ Appendix A ∪ the two documented security codes; nothing else invented."""
     spec_codes = {row[0] for row in SPEC_10_1} | {row[0] for row in SPEC_APPENDIX_A}
-    assert set(errors.CATALOGUE) == spec_codes
+    assert set(errors.CATALOGUE) == spec_codes | SECURITY_CODES
     for code, spec in errors.CATALOGUE.items():
         assert spec.code == code
 
@@ -296,3 +300,61 @@ def test_error_inputs_are_copied() -> None:
     context["a"] = 2
     assert err.to_payload()["error_details"] == {"reason": "timeout"}
     assert err.to_payload()["error_context"] == {"a": 1}
+
+
+# ---------------------------------------------------------------- whose fault (issue 5)
+
+
+@pytest.mark.parametrize(
+    ("code", "retryable", "client", "against_reactor"),
+    [
+        ("PF001", False, True, False),
+        ("PF002", False, True, False),
+        ("PF002", True, True, False),  # whatever a reactor claims, bad input stays bad
+        ("PF003", True, True, False),
+        ("PF102", True, True, False),
+        ("PF005", False, True, False),  # missing file, result too large, handler rejects
+        ("PF005", True, False, True),  # timeout, transient failure
+        ("PF500", True, False, True),
+        ("PF501", False, False, True),  # out of memory is the reactor's trouble
+        ("PF503", True, False, True),
+        ("PF504", True, False, True),
+        ("PF004", True, False, False),  # busy is neither
+    ],
+)
+def test_whose_fault_an_error_is(
+    code: str, retryable: bool, client: bool, against_reactor: bool
+) -> None:
+    assert errors.is_client_error(code, retryable) is client
+    assert errors.counts_against_reactor(code, retryable) is against_reactor
+
+
+def test_a_success_never_counts_against_a_reactor() -> None:
+    assert not errors.counts_against_reactor(None, False)
+
+
+def test_permission_denied_is_pf403_security_not_retryable() -> None:
+    """DESIGN §8: a forbidden action is one PF403 naming what was denied."""
+    err = errors.PermissionDenied(
+        "no", field="payload.packet.element", details={"required_permission": "cf:shutdown"}
+    )
+    payload = err.to_payload("p1")
+    assert isinstance(err, errors.SecurityError)
+    assert payload["error_code"] == "PF403"
+    assert payload["error_category"] == "security_error"
+    assert payload["retry_possible"] is False
+    assert payload["error_details"]["field"] == "payload.packet.element"
+    assert payload["error_details"]["required_permission"] == "cf:shutdown"
+
+
+@pytest.mark.parametrize(
+    ("cls", "code"),
+    [(errors.AuthenticationFailed, "PF401"), (errors.PermissionDenied, "PF403")],
+)
+def test_security_codes_are_not_retryable(cls: type[errors.PacketFlowError], code: str) -> None:
+    """docs/security.md: PF401/PF403, category security_error, never retried."""
+    err = cls("no")
+    assert isinstance(err, errors.SecurityError)
+    assert err.code == code
+    assert err.category == "security_error"
+    assert err.retryable is False

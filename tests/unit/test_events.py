@@ -173,6 +173,47 @@ def test_bus_is_bounded_pf004_with_retry_delay() -> None:
     bus.subscribe("a", 3, 0)
 
 
+def test_one_subscriber_cannot_take_the_whole_bus_pf004_naming_its_cap() -> None:
+    """The hardening issue's amplification: one connection held all 10,000 subscriptions,
+    so everyone else's subscribe got PF004. Now a subscriber's own cap comes first."""
+    bus: EventBus[str] = EventBus(max_subscriptions=10, max_per_subscriber=3)
+    for _ in range(3):
+        bus.subscribe("**", "greedy", 0)
+    err = fails(lambda: bus.subscribe("**", "greedy", 0), "PF004")
+    assert err.details == {"reason": "subscriptions_per_connection_full", "limit": 3, "held": 3}
+    assert "maximum of 3 subscriptions" in err.message
+    assert err.retry_delay_ms and err.retry_delay_ms > 0
+    assert bus.subscribe("**", "other", 0).subscriber == "other"  # others still can
+    bus.drop_subscriber("greedy")
+    bus.subscribe("**", "greedy", 0)  # and the cap counts what it holds now
+    with pytest.raises(ValueError):
+        EventBus(max_per_subscriber=0)
+
+
+def test_dropped_events_are_counted_until_the_next_delivery() -> None:
+    bus: EventBus[str] = EventBus()
+    sub = bus.subscribe("t", "slow", 0)
+    assert bus.take_dropped(sub.subscription_id) == 0
+    assert bus.note_dropped(sub.subscription_id) == 1
+    assert bus.note_dropped(sub.subscription_id) == 2
+    assert bus.take_dropped(sub.subscription_id) == 2
+    assert bus.take_dropped(sub.subscription_id) == 0  # reset once reported
+    assert bus.note_dropped("sub_unknown") == 0  # nothing kept for a gone subscription
+    bus.note_dropped(sub.subscription_id)
+    bus.unsubscribe(sub.subscription_id)
+    assert bus.take_dropped(sub.subscription_id) == 0  # the count left with it
+
+
+def test_fan_out_takes_a_sequence_number_and_lists_the_matching_subscriptions() -> None:
+    bus: EventBus[str] = EventBus()
+    a = bus.subscribe("orders.*", "a", 0)
+    b = bus.subscribe("orders.created", "b", 0)
+    bus.subscribe("users.*", "c", 0)
+    assert bus.fan_out("orders.created") == (1, [a, b])
+    assert bus.fan_out("nothing.here") == (2, [])
+    fails(lambda: bus.fan_out("orders.*"), "PF002", f"{D}.topic")
+
+
 def test_publish_and_subscribe_validate_with_the_given_field() -> None:
     bus: EventBus[int] = EventBus()
     fails(lambda: bus.publish("a.*", 1, 0), "PF002", f"{D}.topic")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 
 import pytest
 from hypothesis import settings
@@ -40,7 +41,15 @@ from packetflow.protocol.health import (
     reported_by_health_check,
     reported_in_heartbeat,
 )
-from packetflow.protocol.messages import HealthStatus, HeartbeatPayload
+from packetflow.protocol.messages import (
+    HealthStatus,
+    Heartbeat,
+    HeartbeatPayload,
+    LoadMetrics,
+    PerformanceMetrics,
+    ResourceUtilization,
+    decode_one,
+)
 
 U, H, D, F, R = (
     HealthState.UNKNOWN,
@@ -793,14 +802,53 @@ test_9_3_health_state_machine = HealthMachine.TestCase
 def test_a_heartbeat_reports_status_memory_and_error_rate_but_not_cpu() -> None:
     payload = HeartbeatPayload(
         reactor_id="r1", health_status=HealthStatus(status="degraded", load_factor=0.5),
-        performance_metrics={"error_rate": 0.02},
-        load_metrics={"resource_utilization": {"system_memory_percent": 85,
-                                               "cpu_usage_percent": 99}},
+        performance_metrics=PerformanceMetrics(error_rate=0.02),
+        load_metrics=LoadMetrics(
+            resource_utilization=ResourceUtilization(memory_percent=85, cpu_percent=99)),
     )  # fmt: skip
     assert reported_in_heartbeat(3.0, payload) == HealthReported(
         3.0, status="degraded", memory=0.85, error_rate=0.02
     )
     assert reported_in_heartbeat(4.0, HeartbeatPayload(reactor_id="r1")) == HealthReported(4.0)
+
+
+def test_the_spec_example_heartbeat_is_read_pfap_4_2_4_and_8_3() -> None:
+    """§4.2.4's example with §8.3's load_metrics, as a foreign reactor sends it: decoded at
+    the edge, its memory_percent and error_rate reach the health rules."""
+    frame = json.dumps({
+        "protocol_version": "1.0", "message_type": "heartbeat", "message_id": "m1",
+        "timestamp": 1, "source_id": "reactor-zig-02",
+        "payload": {
+            "reactor_id": "reactor-zig-02", "implementation": "zig",
+            "health_status": {"status": "healthy", "load_factor": 0.45, "queue_depth": 12,
+                              "memory_usage_mb": 156.7, "cpu_usage_percent": 23.4,
+                              "network_connections": 34, "uptime_seconds": 86400,
+                              "last_error": None},
+            "performance_metrics": {"packets_processed": 15420, "avg_processing_time_ms": 12.5,
+                                    "p99_processing_time_ms": 85.3, "error_rate": 0.002,
+                                    "throughput_pps": 145.7},
+            "chemical_metrics": {"affinity_effectiveness": 0.91, "molecular_participation": 23,
+                                 "optimization_count": 5, "bond_success_rate": 0.97},
+            "capabilities": ["ed:signal", "df:validate"],
+            "load_metrics": {
+                "current_load_factor": 0.67, "queue_depths": {"cf": 3, "df": 12},
+                "processing_rates_pps": {"cf": 45.2, "df": 123.7},
+                "resource_utilization": {"cpu_percent": 67.2, "memory_percent": 96.5,
+                                         "disk_io_percent": 23.1, "network_io_percent": 34.7},
+            },
+            "capacity_adjustments": {"temporary_capacity_boost": 1.2,
+                                     "scheduled_maintenance": None,
+                                     "resource_constraints": ["memory_pressure"]},
+        },
+    }).encode()  # fmt: skip
+    msg = decode_one(frame)
+    assert isinstance(msg, Heartbeat)
+    reported = reported_in_heartbeat(2.0, msg.payload)
+    assert reported == HealthReported(2.0, status="healthy", memory=0.965, error_rate=0.002)
+    tracker = HealthTracker("reactor-zig-02", 0.0)
+    tracker.observe(ProbeSucceeded(1.0, 1.0))
+    moved = tracker.observe(reported)
+    assert moved is not None and moved.new is HealthState.FAILED  # §9.4.1 memory >= 0.95
 
 
 def test_a_health_check_result_reports_its_9_1_2_figures() -> None:
@@ -812,3 +860,14 @@ def test_a_health_check_result_reports_its_9_1_2_figures() -> None:
     odd = {"status": 3, "resource_status": {"memory_usage_percent": "lots"}}
     assert reported_by_health_check(1.0, odd) == HealthReported(1.0)
     assert reported_by_health_check(1.0, ["not", "an", "object"]) is None
+
+
+def test_9_2_resource_metrics_row_reads_rm_monitor_memory_of_budget() -> None:
+    """The §9.2 Resource Metrics probe (rm:monitor) feeds memory, never CPU, to §9.4.1."""
+    from packetflow.protocol.health import reported_by_resource_check
+
+    data = {"cpu": {"process_percent": 99.9}, "memory": {"process_percent": 96.0}}
+    reported = reported_by_resource_check(1.0, data)
+    assert reported is not None and reported.memory == 0.96 and reported.cpu is None
+    assert reported_by_resource_check(1.0, {"memory": 3}) is None
+    assert reported_by_resource_check(1.0, [1]) is None

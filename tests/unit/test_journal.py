@@ -5,6 +5,7 @@ open, pruning of finished ones (DESIGN §6, §7 durability)."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,20 @@ def test_a_failed_commit_writes_nothing_of_its_batch(tmp_path: Path) -> None:
     assert journal.load("m") is None
     assert journal.pending == 0
     journal.close()
+
+
+def test_a_commit_on_a_broken_connection_is_a_journal_error(tmp_path: Path) -> None:
+    """The coordinator handles JournalError only: a connection that fails even to roll
+    back (closed underneath) must not leak a raw sqlite3 error into its flush."""
+    journal = SqliteJournal(tmp_path / "j.sqlite3")
+    journal.open()
+    journal.begin("m", "run1", {}, {}, 1.0)
+    db = journal._db
+    assert db is not None
+    db.close()
+    with pytest.raises(JournalError, match="closed"):
+        journal.commit()
+    assert journal.pending == 0
 
 
 def test_checkpoint_and_finish_fold_the_events(tmp_path: Path) -> None:
@@ -132,3 +147,32 @@ def test_one_gateway_owns_a_journal_at_a_time(tmp_path: Path) -> None:
     second = SqliteJournal(tmp_path / "j.sqlite3")
     second.open()
     second.close()
+
+
+def test_checkpoints_run_on_their_own_thread_not_in_a_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event loop's connection never checkpoints (that copy and its fsyncs stalled
+    commits); every CHECKPOINT_EVERY_COMMITS commits the checkpointer thread does, and the
+    pages reach the main file while the journal stays open."""
+    monkeypatch.setattr(jmod, "CHECKPOINT_EVERY_COMMITS", 4)
+    path = tmp_path / "j.sqlite3"
+    journal = SqliteJournal(path)
+    journal.open()
+    try:
+        assert journal._require().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        before = path.stat().st_size
+        for i in range(3):  # under the threshold: everything stays in the WAL
+            journal.begin(f"m{i}", "t", {"blob": "x" * 20_000}, {}, 1.0)
+            journal.commit()
+        assert path.stat().st_size == before
+        journal.begin("m3", "t", {"blob": "x" * 20_000}, {}, 1.0)
+        journal.commit()  # the 4th: the thread is woken
+        deadline = time.monotonic() + 10
+        while path.stat().st_size == before:
+            assert time.monotonic() < deadline, "no checkpoint reached the main file"
+            time.sleep(0.01)
+        assert {m.molecule_id for m in journal._unfinished()} == {"m0", "m1", "m2", "m3"}
+    finally:
+        journal.close()
+    assert not journal._checkpointer  # stopped with the journal

@@ -37,6 +37,7 @@ EXPECTED = {
     (S.ROUTED, E.STARTED): S.PROCESSING,
     (S.ROUTED, E.FAILED): S.FAILED,
     (S.ROUTED, E.ABORTED): S.ABORTED,
+    (S.QUEUED, E.ENQUEUED): S.QUEUED,  # taken for a slot it may not use: back to wait
     (S.QUEUED, E.ROUTED): S.ROUTED,
     (S.QUEUED, E.STARTED): S.PROCESSING,
     (S.QUEUED, E.FAILED): S.FAILED,
@@ -120,6 +121,15 @@ def test_5_3_failed_packet_may_be_aborted() -> None:
 def test_design_4_queued_may_go_back_to_routed() -> None:
     states = walk(E.VALIDATION_PASSED, E.ROUTED, E.ENQUEUED, E.ROUTED, E.STARTED)
     assert states[-3:] == [S.QUEUED, S.ROUTED, S.PROCESSING]
+
+
+def test_design_5_packet_put_back_in_the_queue_stays_queued() -> None:
+    """The gateway drains its queue into a freed slot the packet may not use (routing
+    preferences, DESIGN §6 one suspect per reactor): it goes back to wait. This raised
+    IllegalPacketTransition inside the reactor link's read loop (chaos test_poison)."""
+    assert walk(E.VALIDATION_PASSED, E.ENQUEUED, E.ENQUEUED, E.ROUTED, E.STARTED)[-3:] == [
+        S.QUEUED, S.ROUTED, S.PROCESSING,
+    ]  # fmt: skip
 
 
 def test_design_5_full_pool_queues_before_routing() -> None:

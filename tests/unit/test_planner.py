@@ -17,6 +17,7 @@ from packetflow.protocol import errors
 from packetflow.protocol.molecules import Molecule, parse_molecule
 from packetflow.protocol.planner import (
     AbortRequested,
+    AdjustBonds,
     CancelPacket,
     ConvertBond,
     FinishMolecule,
@@ -29,6 +30,7 @@ from packetflow.protocol.planner import (
     PacketSucceeded,
     ReportProgress,
     RetryPacket,
+    ScheduleCheck,
     ScheduleTimer,
     StartPacket,
     TimerFired,
@@ -337,8 +339,102 @@ def test_10_4_2_healing_replaces_failed_packet_once_even_under_fail_fast() -> No
     out = run.packet_failed("a", err_from("r1"), True, 1.0)
     assert [i for i in out if isinstance(i, RetryPacket)] == [RetryPacket("a", 2, "r1", {})]
     assert finish(out) is None
-    done = finish(run.packet_failed("a", err_from("r2"), True, 2.0))
+    # Finally failed: under fail_fast healing converts a -> b to metallic and b runs.
+    out = run.packet_failed("a", err_from("r2"), True, 2.0)
+    assert finish(out) is None
+    assert [(c.old_type, c.new_type) for c in out if isinstance(c, ConvertBond)] == [
+        ("ionic", "metallic")
+    ]
+    assert started(out) == ["b"]
+    done = finish(run.packet_succeeded("b", ok("b"), 3.0))
+    assert done is not None and done.status == "partial"
+
+
+def test_10_4_2_fail_fast_without_healing_still_stops() -> None:
+    run = MoleculeRun(mol(["a", "b"], [("a", "b", "ionic")]), 0.0)
+    run.start(0.0)
+    done = finish(run.packet_failed("a", ERR, False, 1.0))
     assert done is not None and done.status == "failed"
+
+
+def test_10_4_2_stability_trigger_and_decomposition() -> None:
+    healing = {
+        "healing_triggers": ["molecular_stability < 0.5"],
+        "healing_strategies": [
+            {"strategy": "molecular_decomposition", "decomposition_threshold": "stability < 0.5"}
+        ],
+    }
+    run = MoleculeRun(
+        mol(["a", "b", "c"], [("a", "b", "ionic"), ("a", "c", "ionic")],
+            molecular_healing=healing),
+        0.0,
+    )  # fmt: skip
+    run.start(0.0)
+    out = run.packet_failed("a", ERR, False, 1.0)  # attainable stability 0 < 0.5
+    assert finish(out) is None
+    adjust = [i for i in out if isinstance(i, AdjustBonds)]
+    assert [c["action"] for c in adjust[0].changes] == ["decomposed", "decomposed"]
+    assert started(out) == ["b", "c"]
+    assert progress(out)["decomposed"] is True
+    assert run.bonds == ()
+    run.packet_succeeded("b", ok("b"), 2.0)
+    done = finish(run.packet_succeeded("c", ok("c"), 3.0))
+    assert done is not None and done.status == "partial"
+    restored, _ = MoleculeRun.restore(run.snapshot(), 4.0)  # adjusted bonds survive
+    assert restored.bonds == () and restored.decomposed
+
+
+def test_10_4_2_a_packet_slower_than_2x_expected_is_replaced_once() -> None:
+    run = MoleculeRun(mol(["a"], healing=True), 0.0, expected_ms={"df:transform": 100.0})
+    out = run.start(0.0)
+    (check,) = [i for i in out if isinstance(i, ScheduleCheck)]
+    assert check.at == pytest.approx(0.2)
+    run.packet_dispatched("a", "r1", 0.0)
+    assert run.timer_fired(0.1) == []
+    out = run.timer_fired(0.25)
+    assert [i for i in out if isinstance(i, RetryPacket)] == [RetryPacket("a", 2, "r1", {})]
+    assert run.timer_fired(5.0) == []  # once
+    assert progress(out)["replaced_slow_packets"] == ["a"]
+    done = finish(run.packet_succeeded("a", ok("a"), 5.5))
+    assert done is not None and done.status == "success"
+
+
+def test_10_4_1_bypass_bonds_route_around_a_failed_packet() -> None:
+    adjust = {
+        "create_bypass_bonds": True,
+        "weaken_failed_bonds": True,
+        "strengthen_successful_paths": True,
+    }
+    run = MoleculeRun(
+        mol(["a", "b", "c"], [("a", "b", "ionic"), ("b", "c", "ionic")],
+            fault_tolerance="isolate_and_continue", bond_adjustment=adjust),
+        0.0,
+    )  # fmt: skip
+    run.start(0.0)
+    run.packet_succeeded("a", ok("a"), 1.0)
+    out = run.packet_failed("b", ERR, False, 2.0)
+    (adjusted,) = [i for i in out if isinstance(i, AdjustBonds)]
+    actions = [(c["action"], c["from"], c["to"]) for c in adjusted.changes]
+    assert ("bypass", "a", "c") in actions and ("weakened", "b", "c") in actions
+    (start,) = [i for i in out if isinstance(i, StartPacket)]
+    assert start.packet_id == "c" and start.inputs == {"a": ok("a")}
+    types = {(b.source, b.target): b.type for b in run.bonds}
+    assert types == {("a", "b"): "ionic", ("b", "c"): "metallic", ("a", "c"): "ionic"}
+    done = finish(run.packet_succeeded("c", ok("c"), 3.0))
+    assert done is not None and done.status == "partial"
+    assert done.results == {"a": ok("a"), "c": ok("c")}
+
+
+def test_10_4_1_without_bypass_the_target_is_skipped() -> None:
+    run = MoleculeRun(
+        mol(["a", "b", "c"], [("a", "b", "ionic"), ("b", "c", "ionic")],
+            fault_tolerance="isolate_and_continue"),
+        0.0,
+    )  # fmt: skip
+    run.start(0.0)
+    run.packet_succeeded("a", ok("a"), 1.0)
+    run.packet_failed("b", ERR, False, 2.0)
+    assert run.state_of("c") == "skipped"
 
 
 def test_10_4_2_healing_converts_remaining_bonds_when_failure_rate_passes_0_2() -> None:
@@ -417,6 +513,26 @@ def test_design_7_client_abort_cancels_running_packets() -> None:
     assert progress(out)["current_phase"] == "aborted"
     assert run.abort(2.0) == []
     assert run.timer_fired(99.0) == []
+
+
+def test_design_6_fail_stops_the_run_with_its_error_and_survives_restore() -> None:
+    """The coordinator stops a run it cannot journal (DESIGN §6): status failed, the
+    error it gives, handed-out packets cancelled, kept across snapshot/restore."""
+    run = MoleculeRun(mol(["a", "b", "c"], [("a", "b", "ionic")]), 0.0)
+    run.start(0.0)
+    run.packet_succeeded("c", ok("c"), 0.5)
+    journal_error = {"error_code": "PF503", "error_message": "journal could not be written"}
+    out = run.fail(1.0, journal_error)
+    assert [i.packet_id for i in out if isinstance(i, CancelPacket)] == ["a"]
+    assert started(out) == []
+    done = finish(out)
+    assert done is not None and done.status == "failed"
+    assert done.reason == "journal could not be written"
+    assert done.results == {"c": {"result": "C"}}
+    assert run.error == journal_error
+    assert run.fail(2.0, journal_error) == [] and run.packet_succeeded("a", ok("a"), 3.0) == []
+    again, resumed = MoleculeRun.restore(json.loads(json.dumps(run.snapshot())), 9.0)
+    assert resumed == [] and again.status == "failed" and again.error == journal_error
 
 
 def test_design_7_abort_before_start() -> None:
@@ -582,6 +698,24 @@ def test_design_7_snapshot_restore_mid_run_resubmits_in_flight_only() -> None:
     done = finish(out)
     assert done is not None and done.status == "success"
     assert set(done.results) == set(molecule.packet_ids)
+
+
+def test_design_7_restore_names_the_reactor_a_packet_was_running_on() -> None:
+    """Hardening issue 13: a resumed packet is asked of the reactor it was dispatched to
+    (its idempotency window answers it); kept through a second restart before it is
+    dispatched again; a packet waiting for a retry belongs to no reactor."""
+    run = MoleculeRun(mol(["a", "b", "c"], fault_tolerance="retry_failed_stages"), 0.0)
+    run.start(0.0)
+    run.packet_dispatched("a", "r1", 0.1)
+    run.packet_dispatched("a", "r2", 0.2)  # failed over
+    run.packet_dispatched("b", "r1", 0.1)
+    run.packet_failed("b", err_from("r1"), True, 0.3)  # b awaits its retry
+    # c was never dispatched
+    again, out = MoleculeRun.restore(json.loads(json.dumps(run.snapshot())), 5.0)
+    resume = {i.packet_id: i.resume_on for i in out if isinstance(i, StartPacket)}
+    assert resume == {"a": "r2", "b": None, "c": None}
+    _, out2 = MoleculeRun.restore(json.loads(json.dumps(again.snapshot())), 9.0)
+    assert {i.packet_id: i.resume_on for i in out2 if isinstance(i, StartPacket)} == resume
 
 
 def test_design_7_restore_keeps_attempts_conversions_and_retry_count() -> None:

@@ -18,6 +18,16 @@ def test_highest_priority_first_then_oldest() -> None:
     assert q.pop() is None and len(q) == 0
 
 
+def test_an_item_put_back_with_its_arrival_number_keeps_its_place() -> None:
+    q: PriorityQueue[str] = PriorityQueue(10)
+    first = q.push("a", 5)
+    assert first is not None and q.push("b", 5) is not None
+    assert q.pop() == "a"
+    assert q.push("a", 5, seq=first.seq) is not None  # back to wait, still the oldest
+    assert q.push("c", 5) is not None
+    assert [q.pop() for _ in range(3)] == ["a", "b", "c"]
+
+
 def test_full_queue_refuses_and_removal_frees_a_place() -> None:
     q: PriorityQueue[str] = PriorityQueue(2)
     first = q.push("a", 5)

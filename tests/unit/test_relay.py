@@ -112,6 +112,10 @@ def test_message_4_of_the_wire_example() -> None:
          {"a": {"processing_stats": {"duration_ms": 1}}}, None),
         (b'{"x":",\\"processing_stats\\":"}', {"x": ',"processing_stats":'}, None),
         (b'{"k":1}', {"k": 1}, None),
+        (b'{"a":1, "processing_stats":{"duration_ms":4,"x":{"y":[1]}} }', {"a": 1}, 4.0),
+        (b'{"a":1,"processing_stats":{"duration_ms":"soon"}}', {"a": 1}, None),
+        (b'{"s":"}","processing_stats":{"duration_ms":1},"t":"{"}', {"s": "}", "t": "{"},
+         1.0),
     ],
 )  # fmt: skip
 def test_split_processing_stats(data: bytes, expected: object, duration: float | None) -> None:
@@ -142,3 +146,27 @@ def test_a_stored_reply_is_readdressed_to_the_repeat() -> None:
     assert out["correlation_id"] == "msg_a1b2c3d4"
     assert out["destination_id"] == "client-webapp-01"
     assert out["payload"] == stored["payload"]
+
+
+@pytest.mark.parametrize(
+    ("stats", "reactor_ms", "routing_ms"),
+    [
+        (b'{"duration_ms":0.12345}', 0.123, 1.111),
+        (b'{"duration_ms":-5}', 0.0, 1.235),
+        (b'{"duration_ms":1e300}', 0.0, 1.235),
+        (b"{}", 0.0, 1.235),
+    ],
+)  # fmt: skip
+def test_durations_are_to_the_microsecond_and_nonsense_from_a_reactor_counts_as_0(
+    stats: bytes, reactor_ms: float, routing_ms: float
+) -> None:
+    reply = messages.ResultPayload(
+        packet_id="p", status="success", data=Raw(b'{"ok":1,"processing_stats":' + stats + b"}")
+    )
+    out = client_result(
+        reply, client_message_id="m", client_source_id="c", message_id="g", now_ms=1,
+        source_id="gw", sequence_id=1, total_ms=1.2345, reactor_id="r", affinity_score=0.5,
+    )  # fmt: skip
+    meta = json.loads(messages.encode(out))["payload"]["processing_metadata"]
+    assert meta["total_duration_ms"] == 1.235  # 1.2345 ms, to the microsecond
+    assert (meta["reactor_duration_ms"], meta["routing_duration_ms"]) == (reactor_ms, routing_ms)

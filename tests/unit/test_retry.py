@@ -45,6 +45,10 @@ SPEC_RETRYABLE = {
     "PF502": True,
     "PF503": True,
     "PF504": True,
+    # DESIGN §8, not §10.1: a denial stays a denial until the principal's roles change.
+    # docs/security.md: credentials do not get better by retrying.
+    "PF401": False,
+    "PF403": False,
 }
 
 NO_JITTER = RetryPolicy(jitter_percent=0.0)

@@ -19,7 +19,13 @@ import pytest
 from prometheus_client import generate_latest
 
 from packetflow.protocol.errors import ProcessingFailed, invalid_field
-from packetflow.protocol.messages import Submit, decode_one
+from packetflow.protocol.health import (
+    HealthState,
+    HealthTracker,
+    ProbeSucceeded,
+    reported_in_heartbeat,
+)
+from packetflow.protocol.messages import HeartbeatPayload, Submit, decode_one
 from packetflow.reactor.context import Context
 from packetflow.reactor.elements import load_standard
 from packetflow.reactor.registry import Registry
@@ -753,20 +759,29 @@ async def test_heartbeat_payload_carries_4_2_4_and_8_3_load_metrics(h: Harness) 
     h.config.max_concurrent_packets = 1
     gate = h.gated_hold()
 
-    @h.element("df", "boom")
-    async def boom(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        raise RuntimeError("x")
+    @h.element("df", "flaky")
+    async def flaky(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        raise ProcessingFailed("transient", retryable=True)
+
+    @h.element("df", "picky")
+    async def picky(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        raise invalid_field("payload.packet.data.x", "integer", "string", "type")
 
     rt = h.start()
     await h.ping()
-    await h.call("df", "boom")
+    await h.call("df", "flaky")
+    await h.call("df", "picky")
     held = h.send("df", "hold")
     waiting = [h.send("cf", "ping"), h.send("df", "hold")]
-    hb = rt.heartbeat_payload()
+    beat = rt.heartbeat_payload()
     gate.set()
     for mid in [held, *waiting]:
         await h.peer.reply_to(mid)
 
+    # The struct the gateway decodes and reads, with the spec's wire names.
+    wire = msgspec.json.encode(beat)
+    assert msgspec.json.decode(wire, type=HeartbeatPayload) == beat
+    hb = json.loads(wire)
     assert hb["reactor_id"] == "reactor-test"
     status = hb["health_status"]
     assert status["status"] == "healthy"
@@ -775,9 +790,10 @@ async def test_heartbeat_payload_carries_4_2_4_and_8_3_load_metrics(h: Harness) 
     assert status["memory_usage_mb"] > 0
     assert status["uptime_seconds"] >= 0
     perf = hb["performance_metrics"]
-    assert perf["packets_processed"] == 2
-    assert perf["errors_by_code"] == {"PF005": 1}
-    assert perf["error_rate"] == pytest.approx(0.5)
+    assert perf["packets_processed"] == 3
+    assert perf["errors_by_code"] == {"PF005": 1, "PF002": 1}
+    # Only the reactor's own failure counts; the client's PF002 does not (issue 5).
+    assert perf["error_rate"] == pytest.approx(1 / 3, abs=1e-4)
     load = hb["load_metrics"]
     assert load["queue_depths"] == {"cf": 1, "df": 1, "ed": 0, "co": 0, "mc": 0, "rm": 0}
     assert set(load["processing_rates_pps"]) == {"cf", "df", "ed", "co", "mc", "rm"}
@@ -785,10 +801,44 @@ async def test_heartbeat_payload_carries_4_2_4_and_8_3_load_metrics(h: Harness) 
     assert load["processing_rates_pps"]["rm"] == 0
     assert set(load["resource_utilization"]) >= {"cpu_percent", "memory_percent"}
     assert "cf:ping" in hb["capabilities"] and "df:hold" in hb["capabilities"]
-    # The payload is what server.send_heartbeats converts: it must fit the wire struct.
-    from packetflow.protocol.messages import HeartbeatPayload
 
-    msgspec.convert(hb, HeartbeatPayload)
+
+async def test_client_errors_stay_out_of_the_reported_error_rate(h: Harness) -> None:
+    """Hardening issue 5: a client's bad input (PF002, a handler's non-retryable PF005 such
+    as df:load of a missing file) never raises the error rate a HEARTBEAT reports."""
+    rt = h.start()
+    for _ in range(12):
+        assert (
+            error_of(await h.call("df", "transform", {"input": 1, "operation": "nope"}))[
+                "error_code"
+            ]
+            == "PF002"
+        )
+        err = error_of(await h.call("df", "load", {"source": "file://missing.csv"}))
+        assert err["error_code"] == "PF005" and err["retry_possible"] is False
+    beat = rt.heartbeat_payload()
+    assert beat.performance_metrics is not None
+    assert beat.performance_metrics.packets_processed == 24
+    assert beat.performance_metrics.error_rate == 0.0
+    assert reported_in_heartbeat(0.0, beat).error_rate == 0.0
+
+
+async def test_memory_exhaustion_is_read_from_a_real_heartbeat_pfap_9_4_1() -> None:
+    """Hardening issue 6: the figure the reactor's own builder sends is the one the
+    gateway's reader judges: a reactor past its memory budget is marked failed."""
+    rt = ReactorRuntime(ReactorConfig(reactor_id="r-mem", memory_limit_mb=1), Registry())
+    beat = rt.heartbeat_payload()
+    wire = msgspec.json.decode(msgspec.json.encode(beat), type=HeartbeatPayload)
+    reported = reported_in_heartbeat(1.0, wire)
+    assert reported.memory is not None and reported.memory >= 0.95  # a test process > 1 MiB
+    tracker = HealthTracker("r-mem", 0.0)
+    assert tracker.observe(ProbeSucceeded(0.5, 1.0)) is not None  # unknown -> healthy
+    moved = tracker.observe(reported)
+    assert moved is not None and moved.new is HealthState.FAILED
+    assert "resource exhaustion" in moved.reason
+    # A reactor within its budget reports a figure below the threshold.
+    roomy = ReactorRuntime(ReactorConfig(reactor_id="r-ok"), Registry()).heartbeat_payload()
+    assert (reported_in_heartbeat(1.0, roomy).memory or 0.0) < 0.95
 
 
 async def test_prometheus_metrics_count_packets_errors_latency_and_load(h: Harness) -> None:

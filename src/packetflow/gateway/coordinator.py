@@ -16,6 +16,15 @@ How it works, and the choices DESIGN leaves open:
   initiate acknowledged. A crash therefore loses at most work that was never started or
   acknowledged; on restart every unfinished molecule is rebuilt (checkpoint + events
   replayed) and resumed with ``MoleculeRun.restore``.
+- A commit that fails (disk full, file locked or read-only) stops every molecule whose
+  changes it held: none of them is acted on, the molecule fails with PF503 saying why
+  (its initiator gets the ``complete``), and its finish is written again until a commit
+  succeeds, so it never resumes after a restart. The coordinator itself goes on; new
+  molecules are refused with PF503 until the journal can be written again.
+- Which reactor each packet went to is journaled (``packet_dispatched``, reported by the
+  gateway at dispatch). On resume a packet that was running on reactor R waits up to
+  ``resume_grace_s`` for R to re-announce and is pinned to R, which answers it from its
+  idempotency window instead of another reactor running it a second time.
 - Packet ids on the wire are ``{molecule_id}:{run_id}:{packet_id}`` (``run_id`` 8 hex
   chars, new for every run, kept across restarts; a hash stands in when that would pass
   128 chars). A run of the same molecule id later therefore never collides with the
@@ -66,15 +75,18 @@ from aiohttp import web
 from msgspec import UNSET, Raw
 
 from ..protocol import routing
+from ..protocol.chemical_health import BondEnd, ChemicalHistory
 from ..protocol.errors import (
+    BondFormationFailed,
     GatewayTimeout,
     InternalError,
-    InvalidMessage,
     InvalidPacket,
     NoReactorAvailable,
+    OptimizationFailed,
     Overloaded,
     PacketFlowError,
     ServiceUnavailable,
+    counts_against_reactor,
     invalid_field,
 )
 from ..protocol.messages import (
@@ -93,19 +105,29 @@ from ..protocol.messages import (
     encode_json,
     error_envelope,
 )
+from ..protocol.molecule_checks import (
+    ReactorOffer,
+    parse_checks,
+    reservation_needs,
+    run_checks,
+    structural_result,
+)
 from ..protocol.molecules import (
+    BOND_ALIASES,
     Bond,
     Molecule,
     MoleculePacket,
     blocking_sources,
     execution_plan,
     parse_molecule,
+    parse_requirements,
     validate_molecule,
 )
 from ..protocol.optimizer import Observed, Suggestions, observed_from_snapshot, suggest
 from ..protocol.packets import PACKET_ID_MAX_LEN, default_priority, effective_timeout_ms
 from ..protocol.planner import (
     ACTIVE_STATES,
+    AdjustBonds,
     CancelPacket,
     ConvertBond,
     FinishMolecule,
@@ -114,11 +136,25 @@ from ..protocol.planner import (
     MoleculeRun,
     ReportProgress,
     RetryPacket,
+    ScheduleCheck,
     ScheduleTimer,
     StartPacket,
 )
+from ..protocol.principals import GATEWAY
+from ..protocol.reaction import OPTIMIZATIONS_KEY
+from ..security.guard import principal_of, request_principal
 from ..transport import new_message_id, now_ms
-from .journal import JournalError, JournalEvent, MoleculeJournal, SqliteJournal, StoredMolecule
+from .http import read_json_body
+from .journal import (
+    AsyncJournal,
+    JournalError,
+    JournalEvent,
+    MoleculeJournal,
+    SqliteJournal,
+    StoredMolecule,
+)
+from .reservations import DEFAULT_HOLD_MS, MAX_HOLD_MS, Reservations
+from .views import MoleculeAccepted, MoleculeList, MoleculeStatus, as_view, view_response
 
 if TYPE_CHECKING:
     from ..transport import Peer
@@ -145,6 +181,15 @@ RESUME_POLL_S: Final = 0.05
 # A packet's timeout is capped at the molecule's deadline plus this, so the molecule's own
 # timer fires first and the run ends as `timeout`, not as that packet's failure.
 DEADLINE_SLACK_MS: Final = 250
+# How long the row naming the reactor a packet was dispatched to may wait for a commit.
+# A packet that answers sooner has it written with its result (one commit per packet, not
+# two); one that runs longer has it on disk this long after dispatch. A crash inside that
+# window resumes the packet on any reactor, as one before any dispatch row would: it may
+# run twice (at-least-once), never be lost.
+DISPATCH_COMMIT_DELAY_S: Final = 0.01
+# What a molecule stopped by a journal failure tells its initiator to wait (PF503): about
+# one §10.3.1 initial backoff, the time a locked or full disk may take to be cleared.
+JOURNAL_RETRY_DELAY_MS: Final = 1000
 # Progress rate limit for large molecules (see the module docstring).
 PROGRESS_FULL_RATE_MAX_PACKETS: Final = 100
 PROGRESS_MIN_INTERVAL_S: Final = 0.05
@@ -153,18 +198,10 @@ PROGRESS_MIN_INTERVAL_S: Final = 0.05
 CHECKPOINT_EVERY_EVENTS: Final = 5000
 # Element kinds whose observed durations are kept for estimates (reserve, optimize).
 HISTORY_MAX_KINDS: Final = 1024
-# §7.3 phase 1's check names, reported by `validate`.
-VALIDATION_CHECKS: Final = (
-    "packet_availability",
-    "bond_consistency",
-    "reactor_compatibility",
-    "resource_requirements",
-    "circular_dependency_detection",
-)
 OPTIMIZATION_TYPES: Final = ("bond_strength", "locality", "parallelization")
 
 _HTTP_STATUS: Final = {"PF001": 400, "PF002": 400, "PF003": 503, "PF004": 429, "PF102": 400,
-                       "PF503": 503, "PF504": 504}  # fmt: skip
+                       "PF403": 403, "PF503": 503, "PF504": 504}  # fmt: skip
 
 
 # ---------------------------------------------------------------- request errors
@@ -237,7 +274,11 @@ class _Molecule:
     inflight: dict[str, int] = field(default_factory=dict)  # packet id -> reply token
     reactor_of: dict[str, str] = field(default_factory=dict)
     locality: dict[str, str] = field(default_factory=dict)  # applied §7.4.2 preferences
+    # Packet id -> the §7.4 kinds applied to it (sent as packet.metadata.optimizations, so
+    # its reactor reports chemical_analysis.optimization_applied: protocol/reaction.py).
+    optimized: dict[str, list[str]] = field(default_factory=dict)
     timer: asyncio.TimerHandle | None = None
+    check_timer: asyncio.TimerHandle | None = None  # §10.4.2 slowness mark
     push_timer: asyncio.TimerHandle | None = None
     last_push: float = 0.0
     acknowledged: bool = False  # the ack just sent carries the state: skip one progress
@@ -247,9 +288,11 @@ class _Molecule:
     waiters: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
     final: dict[str, Any] | None = None
     resume_task: asyncio.Task[None] | None = None
+    ack_kind: str = "initiate"  # `execute` (§7.3 phase 3) acknowledges as itself
 
     def meta(self) -> dict[str, Any]:
-        return {"initiated_by": self.initiated_by, "locality": self.locality}
+        return {"initiated_by": self.initiated_by, "locality": self.locality,
+                "optimized": self.optimized}  # fmt: skip
 
 
 # ---------------------------------------------------------------- the coordinator
@@ -264,12 +307,26 @@ class MoleculeCoordinator:
         self.finished: OrderedDict[str, _Molecule] = OrderedDict()
         self.journal: MoleculeJournal | None = None
         self.journal_errors = 0
+        self.journal_failure: str | None = None  # why the last failed commit failed
+        # Molecules stopped by a failed commit whose finish is not written yet: written
+        # again with every commit until one succeeds, so a molecule its initiator was told
+        # had failed never resumes after a restart. At most one entry per molecule.
+        self._unwritten: dict[str, _Molecule] = {}
+        self._rewrite_handle: asyncio.TimerHandle | None = None
         self._actions: list[Callable[[bool], None]] = []
         self._flush_handle: asyncio.Handle | None = None
+        self._lazy_handle: asyncio.TimerHandle | None = None  # DISPATCH_COMMIT_DELAY_S
         self._dirty: set[_Molecule] = set()
+        self._recorded: set[_Molecule] = set()  # journaled this iteration, nothing to push
         self._tokens = itertools.count(1)
         self._history: dict[str, list[float]] = {}  # kind -> [count, mean ms]
+        # §9.1.3 chemical system health and §9.2 molecular validation (gateway/monitor.py).
+        self.history = ChemicalHistory()
         self._stopped = False
+        self.holds = Reservations(gateway)  # §7.3 phase 2 (gateway/reservations.py)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._committing = False  # an AsyncJournal commit is under way
+        self._flush_again = False  # ... and more was buffered meanwhile
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -280,9 +337,16 @@ class MoleculeCoordinator:
     async def start(self) -> None:
         """Open the journal and resume every unfinished molecule in it."""
         self._stopped = False
-        journal = SqliteJournal(self.journal_path(), synchronous=self.gateway.config.journal_sync)
+        journal: MoleculeJournal | None = self.gateway.cluster.molecule_journal(self)
+        if journal is None:
+            journal = SqliteJournal(self.journal_path(),
+                                    synchronous=self.gateway.config.journal_sync,
+                                    cipher=self._journal_cipher())  # fmt: skip
         try:
-            stored = journal.open()
+            if isinstance(journal, AsyncJournal):
+                stored = await journal.open_async()
+            else:
+                stored = journal.open()
         except JournalError as exc:
             # Packets still route; molecules are refused (PF503) rather than run unjournaled.
             log.error("%s; molecules are disabled", exc)
@@ -299,6 +363,15 @@ class MoleculeCoordinator:
             log.info("resuming %d unfinished molecule(s)", len(self.active))
         self._schedule_flush()
 
+    def _journal_cipher(self) -> Any:
+        """AES-256-GCM at rest when ``--journal-key-file`` names a key (security/crypto)."""
+        key_file = getattr(self.gateway.config, "journal_key_file", None)
+        if key_file is None:
+            return None
+        from ..security.crypto import AtRestCipher, read_secret
+
+        return AtRestCipher(read_secret(key_file))
+
     async def stop(self) -> None:
         """Stop timers and write what is buffered; unfinished molecules stay in the journal
         and resume at the next start."""
@@ -306,11 +379,20 @@ class MoleculeCoordinator:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        for handle in (self._rewrite_handle, self._lazy_handle):
+            if handle is not None:
+                handle.cancel()
+        self._rewrite_handle = self._lazy_handle = None
+        self._rewrite_finishes()  # close() commits them if the journal works again
+        self._unwritten.clear()
         for state in list(self.active.values()):
             self._cancel_timers(state)
             if state.resume_task is not None:
                 state.resume_task.cancel()
         self._actions.clear()
+        self.holds.stop()
+        for task in list(self._tasks):
+            task.cancel()
         if self.journal is not None:
             self.journal.close()
             self.journal = None
@@ -322,15 +404,23 @@ class MoleculeCoordinator:
         kind = msg.payload.coordination_type
         handlers: dict[str, Callable[[Peer, Coordinate], None]] = {
             "initiate": self._ws_initiate,
-            "validate": self._ws_plan,
-            "reserve": self._ws_plan,
-            "execute": self._ws_plan,
+            "validate": self._ws_validate,
+            "reserve": self._ws_reserve,
+            "execute": self._ws_execute,
             "progress": self._ws_status,
             "status": self._ws_status,
             "abort": self._ws_abort,
             "optimize": self._ws_optimize,
         }
         try:
+            # DESIGN §8: who may start, read or abort which molecule (security/guard.py).
+            principal = principal_of(peer)
+            if principal is not GATEWAY:
+                denied = self.gateway.guard.check_coordinate(
+                    principal, peer, kind, msg.payload.molecule_id, time.monotonic()
+                )
+                if denied is not None:
+                    raise denied
             handler = handlers.get(kind)
             if handler is None:
                 raise InvalidPacket(
@@ -366,7 +456,9 @@ class MoleculeCoordinator:
     def _ws_initiate(self, peer: Peer, msg: Coordinate) -> None:
         obj = msgspec.to_builtins(msg.payload)
         initiator = _Initiator(peer, msg.message_id, msg.source_id)
-        self.initiate(obj, path="payload", initiator=initiator, initiated_by=msg.message_id)
+        state = self.initiate(obj, path="payload", initiator=initiator,
+                              initiated_by=msg.message_id)  # fmt: skip
+        self._owned(state.molecule_id, peer)
 
     def _ws_status(self, peer: Peer, msg: Coordinate) -> None:
         mid = _required_id(msg.payload.molecule_id, "payload.molecule_id")
@@ -379,6 +471,7 @@ class MoleculeCoordinator:
         reason = (msg.payload.coordination_metadata or {}).get("reason")
         reason = str(reason) if reason else f"aborted by {msg.source_id}"
         state = self.abort(mid, path="payload.molecule_id", reason=reason)
+        self.gateway.guard.molecule_event(principal_of(peer), peer, "molecule_abort", mid)
 
         def answer(durable: bool) -> None:
             payload = dict(state.final) if state.final else self.describe(state, "abort")
@@ -386,20 +479,108 @@ class MoleculeCoordinator:
 
         self._after_commit(answer)
 
-    def _ws_plan(self, peer: Peer, msg: Coordinate) -> None:
-        obj = msgspec.to_builtins(msg.payload)
-        payload = self.plan(msg.payload.coordination_type, obj, path="payload")
+    def _owned(self, molecule_id: str, target: object) -> None:
+        """Remember who started ``molecule_id`` (status/abort are theirs) and audit it."""
+        principal = principal_of(target)
+        self.gateway.guard.own("molecule", molecule_id, principal)
+        self.gateway.guard.molecule_event(principal, target, "molecule_start", molecule_id)
+
+    def _http_denied(self, request: web.Request, kind: str,
+                     molecule_id: str | None) -> web.Response | None:  # fmt: skip
+        principal = request_principal(request)
+        if principal is GATEWAY:
+            return None
+        err = self.gateway.guard.check_coordinate(principal, _HttpWho(request), kind,
+                                                  molecule_id, time.monotonic())  # fmt: skip
+        return None if err is None else self._http_error(err)
+
+    def _ws_validate(self, peer: Peer, msg: Coordinate) -> None:
+        payload = self.validate(msgspec.to_builtins(msg.payload), path="payload")
         self._send(peer, payload, msg.message_id, msg.source_id)
+
+    def _ws_reserve(self, peer: Peer, msg: Coordinate) -> None:
+        """§7.3 phase 2: hold capacity on reactors (rm:allocate there), then answer."""
+        obj = msgspec.to_builtins(msg.payload)
+        molecule, needs, assignment, hold_ms = self._reservation_plan(obj, "payload")
+
+        async def hold() -> None:
+            try:
+                reservation = await self.holds.reserve(
+                    molecule.molecule_id, molecule.to_dict(), needs, assignment,
+                    hold_ms=hold_ms, run_ms=molecule.properties.timeout_ms, path="payload",
+                )  # fmt: skip
+            except PacketFlowError as err:
+                self._ws_error(peer, msg, err)
+                return
+            except Exception:  # a bug costs this request one PF500, not the connection
+                log.exception("reserving for molecule %s failed", molecule.molecule_id)
+                self._ws_error(peer, msg, InternalError("Internal server error"))
+                return
+            self._owned(molecule.molecule_id, peer)
+            estimated = {p.id: self.expected_ms(p) for p in molecule.packets}
+            self._send(peer, {
+                "coordination_type": "reserve", "molecule_id": molecule.molecule_id,
+                "status": "reserved",
+                "resource_reservations": [lease.to_dict(estimated)
+                                          for lease in reservation.leases],
+                "coordination_metadata": {"expires_at": reservation.expires_at,
+                                          "hold_ms": hold_ms, "assignment": assignment},
+            }, msg.message_id, msg.source_id)  # fmt: skip
+
+        task = asyncio.get_running_loop().create_task(hold())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _ws_execute(self, peer: Peer, msg: Coordinate) -> None:
+        """§7.3 phase 3: run a reserved molecule (by ``molecule_id``) or a structure; the
+        answer is the initiate acknowledgement, then progress and complete as for
+        ``initiate``."""
+        obj = msgspec.to_builtins(msg.payload)
+        initiator = _Initiator(peer, msg.message_id, msg.source_id)
+        if "molecular_structure" not in obj and "packets" not in obj:
+            mid = _required_id(obj.get("molecule_id"), "payload.molecule_id")
+            held = self.holds.get(mid)
+            if held is None or held.executing:
+                raise invalid_field("payload.molecule_id", "the id of a reserved molecule "
+                                    "(or a molecular_structure to run)", repr(mid),
+                                    "reserved_molecule")  # fmt: skip
+            denied = self.gateway.guard.check_owner(principal_of(peer), peer, "molecule", mid,
+                                                    "payload.molecule_id", "execute")  # fmt: skip
+            if denied is not None:
+                raise denied
+            obj = {"molecule_id": mid, "molecular_structure": held.structure}
+        state = self.initiate(obj, path="payload", initiator=initiator,
+                              initiated_by=msg.message_id, ack_kind="execute")  # fmt: skip
+        self._owned(state.molecule_id, peer)
 
     def _ws_optimize(self, peer: Peer, msg: Coordinate) -> None:
         obj = msgspec.to_builtins(msg.payload)
         payload = self.optimize(obj, path="payload")
-        self._send(peer, payload, msg.message_id, msg.source_id)
+        if not payload["apply"]:
+            self._send(peer, payload, msg.message_id, msg.source_id)
+            return
+        mid = payload["molecule_id"]
+
+        def answer(durable: bool) -> None:
+            # "applied" only once the new checkpoint is journaled (DESIGN §6).
+            if durable:
+                self._send(peer, payload, msg.message_id, msg.source_id)
+                return
+            why = self.journal_failure or "the journal is not open"
+            self._ws_error(peer, msg, ServiceUnavailable(
+                f"The optimization of molecule {mid!r} could not be journaled ({why}); "
+                "the molecule was stopped", retry_delay_ms=JOURNAL_RETRY_DELAY_MS,
+                details={"reason": "journal_unavailable", "journal_error": why},
+            ))  # fmt: skip
+
+        self._after_commit(answer)
 
     # ------------------------------------------------------------------ requests
 
-    def _validated(self, obj: Mapping[str, Any], path: str) -> Molecule:
-        """§7.3 phase 1 on a structure or an initiate payload. Raises PF002/PF102/PF003."""
+    def _validated(self, obj: Mapping[str, Any], path: str, *, support: bool = True) -> Molecule:
+        """§7.3 phase 1 on a structure or an initiate payload. Raises PF002/PF102; with
+        ``support`` also PF003 (an element no reactor serves) and PF501 (a packet needs
+        more than any reactor serving it announced)."""
         structure_path = path
         if "molecular_structure" in obj:
             structure_path = _join(path, "molecular_structure")
@@ -416,9 +597,15 @@ class MoleculeCoordinator:
                     _join(structure_path, f"packets[{i}].data"), "object",
                     type(packet.data).__name__, "type",
                 )  # fmt: skip
+        if not support:
+            return molecule
         try:
             validate_molecule(molecule, supported=self.gateway.registry.supports)
-        except NoReactorAvailable as err:
+            if any(p.resources for p in molecule.packets):
+                (resources,) = run_checks(molecule, ["resource_requirements"], self._offers())
+                if resources.error is not None:
+                    raise resources.error
+        except PacketFlowError as err:
             if err.field:
                 err.field = _join(structure_path, err.field)
             raise
@@ -431,6 +618,7 @@ class MoleculeCoordinator:
         path: str,
         initiator: _Initiator | None,
         initiated_by: str,
+        ack_kind: str = "initiate",
     ) -> _Molecule:
         """Validate and start a molecule. The acknowledgement (and every packet) waits for
         the journal commit; ``state.accepted`` resolves then (PF503 if it failed).
@@ -455,13 +643,20 @@ class MoleculeCoordinator:
             raise ServiceUnavailable("The molecule coordinator is not running",
                                      retry_delay_ms=1000)  # fmt: skip
         now = time.time()
-        run = _Run(molecule, now)
+        expected = {k: v for p in molecule.packets
+                    if (v := self.expected_ms(p)) is not None
+                    for k in [f"{p.group}:{p.element}"]}  # fmt: skip
+        run = _Run(molecule, now, expected)
         state = _Molecule(
             molecule_id=mid, run=run, run_id=os.urandom(4).hex(), initiated_by=initiated_by,
             initiator=initiator, incoming=blocking_sources(molecule.packet_ids, molecule.bonds),
-            accepted=asyncio.get_running_loop().create_future(),
+            accepted=asyncio.get_running_loop().create_future(), ack_kind=ack_kind,
         )  # fmt: skip
+        held = self.holds.executing(mid)
+        if held is not None:  # run where the capacity is held (§7.3 phase 2)
+            state.locality.update(held.assignment)
         self.finished.pop(mid, None)
+        self._unwritten.pop(mid, None)  # the new run's row replaces the old one
         self.active[mid] = state
         journal.begin(mid, state.run_id, run.snapshot(), state.meta(), now)
         # The acknowledgement goes first, then the packets the start issues.
@@ -472,11 +667,14 @@ class MoleculeCoordinator:
     def _acknowledge(self, state: _Molecule, durable: bool) -> None:
         if not durable:
             state.rejected = True
+            self.holds.release(state.molecule_id, "not started")
             if self.active.get(state.molecule_id) is state:
                 del self.active[state.molecule_id]
+            why = self.journal_failure or "the journal is not open"
             err = ServiceUnavailable(
                 f"Molecule {state.molecule_id!r} was not started: its journal entry could "
-                "not be written", retry_delay_ms=1000,
+                f"not be written ({why})", retry_delay_ms=JOURNAL_RETRY_DELAY_MS,
+                details={"reason": "journal_unavailable", "journal_error": why},
                 context={"molecule_id": state.molecule_id},
             )  # fmt: skip
             if state.initiator is not None:
@@ -488,7 +686,7 @@ class MoleculeCoordinator:
         if state.accepted is not None and not state.accepted.done():
             state.accepted.set_result(None)
         if state.initiator is not None:
-            payload = self.describe(state, "initiate")
+            payload = self.describe(state, state.ack_kind)
             payload["execution_plan"] = execution_plan(state.run.molecule)
             self._push(state, payload)
             state.acknowledged = True
@@ -538,10 +736,8 @@ class MoleculeCoordinator:
         payload: dict[str, Any] = {"coordination_type": kind,
                                    "molecule_id": molecule.molecule_id}  # fmt: skip
         if kind == "validate":
-            payload["status"] = "valid"
-            payload["validation_checks"] = list(obj.get("validation_checks") or VALIDATION_CHECKS)
-            payload["execution_plan"] = execution_plan(molecule)
-        elif kind == "reserve":
+            return self.validate(obj, path=path)
+        if kind == "reserve":
             payload["status"] = "estimated"
             payload["resource_reservations"] = self.reservations(molecule)
         else:
@@ -549,9 +745,108 @@ class MoleculeCoordinator:
             payload["execution_plan"] = execution_plan(molecule)
         return payload
 
-    def _molecule_for(self, obj: Mapping[str, Any], path: str) -> Molecule:
+    def validate(self, obj: Mapping[str, Any], *, path: str) -> dict[str, Any]:
+        """§7.3 phase 1: run the ``validation_checks`` asked for (all five by default)
+        and report each; status ``valid`` when all passed, else ``invalid`` with ``error``
+        the first failure's ERROR payload. A malformed request or structure is PF002 (an
+        ERROR); a structural PF102 of a check that was asked for is that check's failure."""
+        checks = parse_checks(obj.get("validation_checks"), _join(path, "validation_checks"))
+        try:
+            molecule = self._molecule_for(obj, path, support=False)
+        except BondFormationFailed as err:
+            failed = structural_result(err)
+            if failed is None or failed.check not in checks:
+                raise
+            mid = obj.get("molecule_id")
+            return {"coordination_type": "validate",
+                    "molecule_id": mid if isinstance(mid, str) else None, "status": "invalid",
+                    "validation_checks": list(checks),
+                    "validation_results": [failed.to_dict()] + [
+                        {"check": c, "passed": None, "problems": [],
+                         "skipped": "the structure could not be built"}
+                        for c in checks if c != failed.check],
+                    "error": err.to_payload()}  # fmt: skip
+        results = run_checks(molecule, checks, self._offers())
+        failures = [r for r in results if not r.passed]
+        payload: dict[str, Any] = {
+            "coordination_type": "validate", "molecule_id": molecule.molecule_id,
+            "status": "invalid" if failures else "valid", "validation_checks": list(checks),
+            "validation_results": [r.to_dict() for r in results],
+            "execution_plan": execution_plan(molecule),
+        }  # fmt: skip
+        if failures and failures[0].error is not None:
+            payload["error"] = failures[0].error.to_payload()
+        return payload
+
+    def _offers(self) -> list[ReactorOffer]:
+        """What every registered reactor offers (§8.2 announce, health now)."""
+        out = []
+        for record in self.gateway.registry:
+            caps = record.announce.get("capabilities")
+            perf = caps.get("performance_characteristics") if isinstance(caps, dict) else None
+            perf = perf if isinstance(perf, dict) else {}
+            mol = caps.get("molecular_support") if isinstance(caps, dict) else None
+            bonds = mol.get("supported_bond_types") if isinstance(mol, dict) else None
+            memory, cores = perf.get("memory_capacity_mb"), perf.get("cpu_cores")
+            out.append(ReactorOffer(
+                record.reactor_id, frozenset(record.capabilities),
+                record.health in routing.ROUTABLE and record.link is not None,
+                float(memory) if isinstance(memory, int | float) else None,
+                int(cores) if isinstance(cores, int | float) else None,
+                _bond_types(bonds),
+            ))  # fmt: skip
+        return out
+
+    def _reservation_plan(
+        self, obj: Mapping[str, Any], path: str
+    ) -> tuple[Molecule, dict[str, dict[str, float]], dict[str, str], int]:
+        """What a ``reserve`` holds: the molecule, per reactor its needs, each packet's
+        reactor, and the hold time. Explicit ``resource_reservations`` (§7.3 phase 2
+        shape: reactor_id, resource_requirements) replace the computed needs."""
+        molecule = self._molecule_for(obj, path)
+        meta = obj.get("coordination_metadata") or {}
+        hold = meta.get("hold_ms", DEFAULT_HOLD_MS) if isinstance(meta, dict) else DEFAULT_HOLD_MS
+        if not isinstance(hold, int) or isinstance(hold, bool) or not 1 <= hold <= MAX_HOLD_MS:
+            raise invalid_field(_join(path, "coordination_metadata.hold_ms"),
+                                f"int 1-{MAX_HOLD_MS}", repr(hold), "range")  # fmt: skip
+        assignment: dict[str, str] = {}
+        for entry in self.reservations(molecule):
+            if entry["reactor_id"] is None:
+                raise NoReactorAvailable(
+                    f"No reactor can take packet {entry['packet_id']!r} now, so nothing can "
+                    "be reserved for it", details={"packet_id": entry["packet_id"],
+                                                   "reason": entry.get("note")},
+                )  # fmt: skip
+            assignment[entry["packet_id"]] = entry["reactor_id"]
+        explicit = obj.get("resource_reservations")
+        if explicit is None:
+            return molecule, reservation_needs(molecule, assignment), assignment, hold
+        needs = self._explicit_needs(explicit, _join(path, "resource_reservations"))
+        return molecule, needs, assignment, hold
+
+    def _explicit_needs(self, explicit: Any, path: str) -> dict[str, dict[str, float]]:
+        if not isinstance(explicit, list) or not explicit:
+            raise invalid_field(path, "non-empty array", type(explicit).__name__, "type")
+        needs: dict[str, dict[str, float]] = {}
+        for i, entry in enumerate(explicit):
+            ipath = f"{path}[{i}]"
+            if not isinstance(entry, dict):
+                raise invalid_field(ipath, "object", type(entry).__name__, "type")
+            rid = entry.get("reactor_id")
+            if not isinstance(rid, str) or self.gateway.registry.get(rid) is None:
+                raise invalid_field(f"{ipath}.reactor_id", "the id of a registered reactor",
+                                    repr(rid), "known_reactor")  # fmt: skip
+            wanted = parse_requirements(entry.get("resource_requirements") or {},
+                                        f"{ipath}.resource_requirements")  # fmt: skip
+            total = needs.setdefault(rid, {"memory_mb": 0.0, "cpu_cores": 0.0})
+            for key, value in (wanted or {}).items():
+                total[key] += value
+        return needs
+
+    def _molecule_for(self, obj: Mapping[str, Any], path: str, *,
+                      support: bool = True) -> Molecule:  # fmt: skip
         if "molecular_structure" in obj or "packets" in obj:
-            return self._validated(obj, path)
+            return self._validated(obj, path, support=support)
         mid = _required_id(obj.get("molecule_id"), _join(path, "molecule_id"))
         state = self.active.get(mid) or self.finished.get(mid)
         if state is not None:
@@ -562,7 +857,8 @@ class MoleculeCoordinator:
                 raise _unknown(mid, _join(path, "molecule_id"))
             molecule = parse_molecule(stored.checkpoint["molecule"],
                                       max_size=MAX_MOLECULE_SIZE)  # fmt: skip
-        validate_molecule(molecule, supported=self.gateway.registry.supports)
+        if support:
+            validate_molecule(molecule, supported=self.gateway.registry.supports)
         return molecule
 
     def reservations(self, molecule: Molecule) -> list[dict[str, Any]]:
@@ -641,8 +937,8 @@ class MoleculeCoordinator:
             molecule, bonds, observed, self.expected_ms, self._reactors_for, wanted=wanted
         )
         applied = False
-        if obj.get("apply") is True and state is not None and not state.run.finished:
-            self._apply_optimization(state, result)
+        if obj.get("apply") is True:
+            self._apply_or_raise(molecule.molecule_id, state, result)
             applied = True
         return {
             "coordination_type": "optimize",
@@ -657,6 +953,32 @@ class MoleculeCoordinator:
             "molecular_structure": result.structure,
         }
 
+    def _apply_or_raise(
+        self, molecule_id: str, state: _Molecule | None, result: Suggestions
+    ) -> None:
+        """Apply ``result`` to a running molecule, or raise PF105 (§10.1.2 "Optimization
+        failed", recovery "Fallback"): the molecule goes on as it was."""
+        if state is None or state.run.finished:
+            status = state.run.status if state is not None else None
+            raise OptimizationFailed(
+                f"Molecule {molecule_id!r} is not running: there is nothing to apply the "
+                "optimization to", retryable=False,
+                details={"reason": "molecule_not_running", "status": status,
+                         "fallback": "unchanged"},
+                context={"molecule_id": molecule_id},
+            )  # fmt: skip
+        try:
+            self._apply_optimization(state, result)
+        except (ValueError, KeyError, TypeError, PacketFlowError) as exc:
+            log.warning("molecule %s: applying an optimization failed: %r", molecule_id, exc)
+            raise OptimizationFailed(
+                f"The optimization of molecule {molecule_id!r} could not be applied; it goes "
+                "on unoptimized", retryable=True,
+                details={"reason": "apply_failed", "exception_type": type(exc).__name__,
+                         "fallback": "unoptimized"},
+                context={"molecule_id": molecule_id},
+            ) from exc  # fmt: skip
+
     def _reactors_for(self, packet: MoleculePacket) -> set[str]:
         candidates = self.gateway.registry.candidates(packet.group, packet.element)
         return {r.reactor_id for r in candidates}
@@ -670,20 +992,35 @@ class MoleculeCoordinator:
         snapshot = run.snapshot()
         bonds = snapshot["molecule"]["bonds"]
         index = {(b["from"], b["to"]): i for i, b in enumerate(bonds)}
+        # Changes go to copies first: nothing changes unless the rebuilt run is valid.
+        locality = dict(state.locality)
+        optimized: dict[str, list[str]] = {k: list(v) for k, v in state.optimized.items()}
+
+        def mark(packet_id: str, kind: str) -> None:
+            kinds = optimized.setdefault(packet_id, [])
+            if kind not in kinds:
+                kinds.append(kind)
+
         for adj in result.adjustments:
             i = index[(adj["from"], adj["to"])]
             bonds[i]["strength"] = adj["new_strength"]
+            if run.state_of(adj["to"]) == "pending":
+                mark(adj["to"], "bond_strength")
         for group in result.parallel:
             for pair in group["bonds"]:
                 i = index[(pair["from"], pair["to"])]
                 if run.state_of(pair["to"]) == "pending":
                     bonds[i]["type"] = "metallic"
                     snapshot["bond_types"][i] = "metallic"
+                    mark(pair["to"], "parallelization")
         for loc in result.locality:
             for pid in loc["packet_group"]:
                 if run.state_of(pid) == "pending" and loc.get("preferred_reactor"):
-                    state.locality[pid] = loc["preferred_reactor"]
+                    locality[pid] = loc["preferred_reactor"]
+                    mark(pid, "locality")
         new_run, out = _Run.restore(snapshot, now)
+        state.locality, state.optimized = locality, optimized
+        self.history.optimization_applied(now)
         state.run = cast(_Run, new_run)
         state.incoming = blocking_sources(state.run.molecule.packet_ids, state.run.molecule.bonds)
         # Packets still on a reactor keep their reply tokens; only newly free ones start.
@@ -693,6 +1030,7 @@ class MoleculeCoordinator:
             journal.checkpoint(state.molecule_id, state.run.snapshot(), now)
             journal.update_meta(state.molecule_id, state.meta())
         state.since_checkpoint = 0
+        self._dirty.add(state)  # the checkpoint is a change even when nothing starts
         self._event(state, None, out, now)
 
     # ------------------------------------------------------------------ events → journal
@@ -743,19 +1081,97 @@ class MoleculeCoordinator:
     def _flush(self) -> None:
         """Group commit: write the iteration's journal entries once, then act on them."""
         self._flush_handle = None
+        if self._lazy_handle is not None:  # this commit takes the waiting rows along
+            self._lazy_handle.cancel()
+            self._lazy_handle = None
+        if self._committing:  # one commit at a time: this batch follows the one under way
+            self._flush_again = True
+            return
         dirty, self._dirty = self._dirty, set()
+        recorded, self._recorded = self._recorded, set()
+        self._rewrite_finishes()
+        journal = self.journal
+        if isinstance(journal, AsyncJournal):
+            # A networked journal (NATS): commit off the loop's turn, act when it answers.
+            actions, self._actions = self._actions, []
+            self._committing = True
+            journal.stage()
+            asyncio.get_running_loop().create_task(
+                self._commit_async(journal, dirty, recorded, actions)
+            )
+            return
         durable = self._commit()
         actions, self._actions = self._actions, []
+        self._after_flush(durable, dirty, recorded, actions)
+
+    async def _commit_async(
+        self,
+        journal: AsyncJournal,
+        dirty: set[_Molecule],
+        recorded: set[_Molecule],
+        actions: list[Callable[[bool], None]],
+    ) -> None:
+        try:
+            await journal.commit_async()
+            durable = True
+        except JournalError as exc:
+            self.journal_errors += 1
+            self.journal_failure = str(exc)
+            log.error("%s; the molecules it held stop with PF503", exc)
+            durable = False
+        finally:
+            self._committing = False
+        if self._stopped:
+            return
+        self._after_flush(durable, dirty, recorded, actions)
+        if self._flush_again or self._actions:
+            self._flush_again = False
+            self._schedule_flush()
+
+    def _after_flush(
+        self,
+        durable: bool,
+        dirty: set[_Molecule],
+        recorded: set[_Molecule],
+        actions: list[Callable[[bool], None]],
+    ) -> None:
+        """Carry out what the commit held (or stop what it lost), then push progress."""
+        if durable:
+            self._unwritten.clear()
         for action in actions:
             try:
                 action(durable)
             except Exception:
                 log.exception("coordinator action failed")
+        if not durable:
+            # Also the molecules whose lost changes asked for no action (a checkpoint).
+            for state in dirty | recorded:
+                self._journal_lost(state)
         for state in dirty:
             if state.acknowledged:
                 state.acknowledged = False
             elif state.final is None and not state.rejected:
                 self._progress(state)
+
+    def _rewrite_finishes(self) -> None:
+        journal = self.journal
+        if journal is None or not self._unwritten:
+            return
+        now = time.time()
+        for state in self._unwritten.values():
+            status = state.run.status
+            if status is not None:
+                journal.finish(state.molecule_id, status, state.run.snapshot(), now)
+
+    def _retry_unwritten(self) -> None:
+        """While finishes are unwritten, try again now and then even if nothing happens."""
+        self._rewrite_handle = None
+        if not self._unwritten or self._stopped:
+            return
+        self._schedule_flush()
+        self._rewrite_handle = asyncio.get_running_loop().call_later(
+            JOURNAL_RETRY_DELAY_MS / 1000, self._retry_unwritten
+        )
 
     def _commit(self) -> bool:
         journal = self.journal
@@ -765,19 +1181,26 @@ class MoleculeCoordinator:
             journal.commit()
         except JournalError as exc:
             self.journal_errors += 1
-            log.error("%s", exc)
+            self.journal_failure = str(exc)
+            log.error("%s; the molecules it held stop with PF503", exc)
             return False
         return True
 
     # ------------------------------------------------------------------ instructions
 
     def _carry_out(self, state: _Molecule, out: list[Instruction], durable: bool = True) -> None:
+        """Act on what the planner said, once the journal holds it. When the commit
+        failed, nothing of it is acted on: a molecule never runs a step its journal does
+        not hold (DESIGN §6), so it stops instead (``_journal_lost``)."""
         if state.rejected or self._stopped:
+            return
+        if not durable:
+            self._journal_lost(state)
             return
         for ins in out:
             if isinstance(ins, StartPacket):
                 self._submit(state, ins.packet_id, ins.inputs, ins.prefer_reactor_of,
-                             ins.attempt, ins.deadline, None)  # fmt: skip
+                             ins.attempt, ins.deadline, None, ins.resume_on)  # fmt: skip
             elif isinstance(ins, RetryPacket):
                 self._submit(state, ins.packet_id, ins.inputs, ins.prefer_reactor_of,
                              ins.attempt, ins.deadline, ins.avoid_reactor_hint)  # fmt: skip
@@ -785,6 +1208,13 @@ class MoleculeCoordinator:
                 state.inflight.pop(ins.packet_id, None)
             elif isinstance(ins, ScheduleTimer):
                 self._schedule_timer(state, ins.at)
+            elif isinstance(ins, ScheduleCheck):
+                self._schedule_check(state, ins.at)
+            elif isinstance(ins, AdjustBonds):
+                log.info("molecule %s: bonds adjusted: %s", state.molecule_id,
+                         list(ins.changes))  # fmt: skip
+                state.incoming = blocking_sources(state.run.molecule.packet_ids,
+                                                  state.run.bonds)  # fmt: skip
             elif isinstance(ins, ConvertBond):
                 log.info("molecule %s: healing converted %s -> %s from %s to %s",
                          state.molecule_id, ins.bond.source, ins.bond.target, ins.old_type,
@@ -793,6 +1223,44 @@ class MoleculeCoordinator:
                 self._finalize(state, ins)
             elif isinstance(ins, ReportProgress):
                 pass  # pushes are coalesced per commit (_flush)
+
+    def _journal_lost(self, state: _Molecule) -> None:
+        """A commit holding this molecule's changes failed: its journal no longer matches
+        its run, so the run cannot go on durably. It fails with PF503 (the spec's "service
+        unavailable, failover": the gateway cannot keep molecules durable right now, and
+        another attempt, later or on another gateway, may succeed; PF500 is for bugs), its
+        packets are cancelled and its initiator answered. A run that had already finished
+        keeps its outcome: only writing it was lost. Either way the finish is written again
+        as a self-contained checkpoint (``_unwritten``) until a commit succeeds, so that once
+        the journal recovers the molecule is not resumed after a restart."""
+        if state.rejected or state.final is not None or self._stopped:
+            return
+        now = time.time()
+        run = state.run
+        out: list[Instruction]
+        if run.finished:
+            finish = run.finish_instruction()
+            out = [finish] if finish is not None else []
+        else:
+            why = self.journal_failure or "the journal is not open"
+            err = ServiceUnavailable(
+                f"Molecule {state.molecule_id!r} was stopped: its journal could not be "
+                f"written ({why}), and no step runs unjournaled",
+                retry_delay_ms=JOURNAL_RETRY_DELAY_MS,
+                details={"reason": "journal_unavailable", "journal_error": why},
+                context={"molecule_id": state.molecule_id},
+            )  # fmt: skip
+            out = run.fail(now, err.to_payload())
+        self._unwritten[state.molecule_id] = state
+        if self._rewrite_handle is None:
+            self._retry_unwritten()
+        for ins in out:
+            if isinstance(ins, CancelPacket):
+                state.inflight.pop(ins.packet_id, None)
+            elif isinstance(ins, FinishMolecule):
+                self._finalize(state, ins)
+        log.error("molecule %s stopped with status %s: its journal could not be written",
+                  state.molecule_id, run.status)  # fmt: skip
 
     def _wire_id(self, state: _Molecule, packet_id: str) -> str:
         wire = f"{state.molecule_id}:{state.run_id}:{packet_id}"
@@ -810,6 +1278,7 @@ class MoleculeCoordinator:
         attempt: int,
         deadline: float | None,
         avoid: str | None,
+        pin: str | None = None,
     ) -> None:
         run = state.run
         if run.finished or run.state_of(packet_id) not in ACTIVE_STATES:
@@ -834,21 +1303,22 @@ class MoleculeCoordinator:
         msg = Submit(
             protocol_version=PROTOCOL_VERSION, message_id=new_message_id(), timestamp=now_ms(),
             source_id=self.gateway.gateway_id, priority=packet.priority,
+            destination_id=pin if pin is not None else UNSET,
             payload=SubmitPayload(
                 packet=Packet(
                     group=cast(Any, packet.group), element=packet.element,
                     id=self._wire_id(state, packet_id), data=Raw(encode_json(packet.data)),
                     priority=packet.priority, timeout_ms=timeout_ms,
                     dependencies=state.incoming[packet_id],
-                    metadata={"inputs": dict(inputs), "molecule_id": state.molecule_id,
-                              "molecule_packet_id": packet_id, "attempt": attempt},
+                    metadata=self._metadata(state, packet_id, inputs, attempt),
                 ),
                 routing_preferences=prefs,
             ),
         )  # fmt: skip
         on_frame = functools.partial(self._on_reply, state, packet_id, token)
+        on_dispatch = functools.partial(self._on_dispatch, state, packet_id, token)
         try:
-            self.gateway.submit_internal(msg, on_frame, prefer=prefer)
+            self.gateway.submit_internal(msg, on_frame, prefer=prefer, on_dispatch=on_dispatch)
         except Exception:  # a gateway bug fails this packet (retryable), not the molecule
             log.exception("submitting packet %s of molecule %s failed", packet_id,
                           state.molecule_id)  # fmt: skip
@@ -857,6 +1327,51 @@ class MoleculeCoordinator:
                 now_ms=now_ms(), source_id=self.gateway.gateway_id,
                 correlation_id=msg.message_id, packet_id=msg.payload.packet.id,
             )))  # fmt: skip
+
+    @staticmethod
+    def _metadata(
+        state: _Molecule, packet_id: str, inputs: Mapping[str, Any], attempt: int
+    ) -> dict[str, Any]:
+        meta = {"inputs": dict(inputs), "molecule_id": state.molecule_id,
+                "molecule_packet_id": packet_id, "attempt": attempt}  # fmt: skip
+        kinds = state.optimized.get(packet_id)
+        if kinds:
+            meta[OPTIMIZATIONS_KEY] = list(kinds)
+        return meta
+
+    def _on_dispatch(self, state: _Molecule, packet_id: str, token: int, reactor_id: str) -> None:
+        """The gateway sent the packet to ``reactor_id`` (again on a failover). Journaled so
+        that after a crash the packet is asked of that reactor first (``_resume``): it
+        alone can answer it from its idempotency window without running it twice. The
+        row is committed with the next commit, at the latest DISPATCH_COMMIT_DELAY_S
+        after this (see there for what a crash before that means)."""
+        run = state.run
+        if state.inflight.get(packet_id) != token or run.finished or state.rejected:
+            return
+        if self._stopped:
+            return
+        now = time.time()
+        try:
+            run.packet_dispatched(packet_id, reactor_id, now)
+        except IllegalMoleculeEvent as exc:
+            log.error("molecule %s: %s", state.molecule_id, exc)
+            return
+        journal = self.journal
+        if journal is not None:
+            event = JournalEvent("packet_dispatched", packet_id, now, reactor_id)
+            journal.record(state.molecule_id, event)
+            state.since_checkpoint += 1
+        # Journaled, but nothing to push: the packet was already reported active.
+        self._recorded.add(state)
+        if self._flush_handle is None and self._lazy_handle is None:
+            self._lazy_handle = asyncio.get_running_loop().call_later(
+                DISPATCH_COMMIT_DELAY_S, self._lazy_flush
+            )
+
+    def _lazy_flush(self) -> None:
+        self._lazy_handle = None
+        if self._flush_handle is None and not self._stopped:
+            self._flush()
 
     def _on_reply(self, state: _Molecule, packet_id: str, token: int, frame: bytes) -> None:
         """The RESULT/ERROR of one submitted packet (possibly called inside submit)."""
@@ -918,11 +1433,29 @@ class MoleculeCoordinator:
             return
         self._event(state, JournalEvent("timer_fired", None, now), run.timer_fired(now), now)
 
+    def _schedule_check(self, state: _Molecule, at: float) -> None:
+        """§10.4.2: wake the run when a running packet passes its slowness mark."""
+        if state.check_timer is not None:
+            state.check_timer.cancel()
+
+        def fire() -> None:
+            state.check_timer = None
+            run = state.run
+            if run.finished or self._stopped:
+                return
+            now = time.time()
+            out = run.timer_fired(now)
+            if out:
+                self._event(state, JournalEvent("timer_fired", None, now), out, now)
+
+        delay = max(0.0, at - time.time())
+        state.check_timer = asyncio.get_running_loop().call_later(delay, fire)
+
     def _cancel_timers(self, state: _Molecule) -> None:
-        for handle in (state.timer, state.push_timer):
+        for handle in (state.timer, state.push_timer, state.check_timer):
             if handle is not None:
                 handle.cancel()
-        state.timer = state.push_timer = None
+        state.timer = state.push_timer = state.check_timer = None
 
     # ------------------------------------------------------------------ pushes
 
@@ -959,10 +1492,20 @@ class MoleculeCoordinator:
         if state.final is not None:
             return
         self._cancel_timers(state)
+        held = self.holds.get(state.molecule_id)
+        if held is not None and held.executing:
+            self.holds.release(state.molecule_id, finish.status)
         state.inflight.clear()
         kind = "abort" if finish.status == "aborted" else "complete"
         payload = self.describe(state, kind)
         state.final = payload
+        run = state.run
+        self.history.molecule_finished(
+            status=finish.status, stability=run.stability(),
+            bonds=[BondEnd(b.source, b.target) for b in run.bonds], state_of=run.state_of,
+            reactor_of=state.reactor_of, optimized=bool(state.optimized), now=time.time(),
+            reactor_fault=functools.partial(_reactor_fault, run.errors),
+        )  # fmt: skip
         mid = state.molecule_id
         if self.active.get(mid) is state:
             del self.active[mid]
@@ -987,7 +1530,10 @@ class MoleculeCoordinator:
 
     def _describe_stored(self, stored: StoredMolecule) -> dict[str, Any]:
         run, _ = _Run.restore(stored.checkpoint, time.time())
-        kind = "abort" if stored.status == "aborted" else "complete"
+        for event in stored.events:  # none once finished; a running one's since checkpoint
+            _replay(run, event)
+        kind = "status" if stored.status is None else (
+            "abort" if stored.status == "aborted" else "complete")  # fmt: skip
         return describe_run(cast(_Run, run), kind, coordinator_id=self.gateway.gateway_id,
                             run_id=stored.run_token,
                             initiated_by=str(stored.meta.get("initiated_by")))  # fmt: skip
@@ -1002,10 +1548,17 @@ class MoleculeCoordinator:
             log.error("%s", exc)
             return None
 
-    def summaries(self, limit: int) -> list[dict[str, Any]]:
-        """Running molecules, then the most recently finished ones (``GET /v1/molecules``)."""
+    def summaries(
+        self, limit: int, visible: Callable[[str], bool] = lambda _: True
+    ) -> list[dict[str, Any]]:
+        """Running molecules, then the most recently finished ones (``GET /v1/molecules``),
+        of those ``visible`` admits (a principal lists only its own; DESIGN §8)."""
         out: list[dict[str, Any]] = []
-        states = itertools.chain(self.active.values(), reversed(self.finished.values()))
+        states = (
+            s
+            for s in itertools.chain(self.active.values(), reversed(self.finished.values()))
+            if visible(s.molecule_id)
+        )
         for state in itertools.islice(states, limit):
             run = state.run
             counts: dict[str, int] = {}
@@ -1040,6 +1593,7 @@ class MoleculeCoordinator:
             initiated_by=str(meta.get("initiated_by") or new_message_id()), initiator=None,
             incoming=blocking_sources(run.molecule.packet_ids, run.molecule.bonds),
             locality=dict(meta.get("locality") or {}),
+            optimized=_optimized(meta.get("optimized")),
         )  # fmt: skip
         for pid, track in run.snapshot()["packets"].items():
             if isinstance(track.get("reactor_id"), str):
@@ -1059,22 +1613,88 @@ class MoleculeCoordinator:
             )
 
     async def _resume_when_ready(self, state: _Molecule, starts: list[Instruction]) -> None:
-        """Wait (up to RESUME_WAIT_S) until some reactor serves every element to resubmit:
-        reactors re-announce only after they notice the gateway restarted."""
+        """Resubmit the packets that were on reactors when the gateway went down.
+
+        A packet that was running on reactor R waits up to ``resume_grace_s`` for R to
+        re-announce and is then pinned to R (destination_id), which answers it from its
+        idempotency window: joined if still running, its stored outcome if finished
+        (DESIGN §4). Only if R does not come back in time does it go to any reactor, and
+        run again there. The others wait (up to RESUME_WAIT_S) until some reactor serves
+        their element. Reactors re-announce only after they notice the restart, and the
+        registry has no "reactor announced" hook to wait on, so this polls.
+        """
         molecule = state.run.molecule
-        kinds = {
-            (p.group, p.element)
-            for p in (molecule.packet(i.packet_id) for i in starts if isinstance(i, StartPacket))
-        }
-        supports = self.gateway.registry.supports
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + RESUME_WAIT_S
-        # The registry has no "reactor announced" hook to wait on, so this polls.
-        while not all(supports(g, e) for g, e in kinds) and loop.time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(RESUME_POLL_S)
+        began = loop.time()
+        grace = float(self.gateway.config.resume_grace_s)
+        pending = [i for i in starts if isinstance(i, StartPacket)]
+        while pending and not state.run.finished and not self._stopped:
+            waited = loop.time() - began
+            ready: list[Instruction] = []
+            for ins in list(pending):
+                packet = molecule.packet(ins.packet_id)
+                if ins.resume_on is not None:
+                    if self._reactor_back(ins.resume_on, packet.group, packet.element):
+                        ready.append(ins)
+                    elif waited >= grace:
+                        log.warning("molecule %s: reactor %s did not return within %.1f s; "
+                                    "packet %s goes to another reactor and runs again",
+                                    state.molecule_id, ins.resume_on, grace,
+                                    ins.packet_id)  # fmt: skip
+                        ready.append(replace(ins, resume_on=None))
+                    else:
+                        continue
+                elif self.gateway.registry.supports(packet.group, packet.element) or (
+                    waited >= RESUME_WAIT_S
+                ):
+                    ready.append(ins)
+                else:
+                    continue
+                pending.remove(ins)
+            if ready:
+                self._after_commit(functools.partial(self._carry_out, state, ready))
+            if pending:
+                await asyncio.sleep(RESUME_POLL_S)
         state.resume_task = None
-        if not state.run.finished and not self._stopped:
-            self._after_commit(functools.partial(self._carry_out, state, starts))
+
+    def adopt(self, stored: StoredMolecule) -> None:
+        """Resume a molecule another gateway owned until its lease lapsed (the cluster's
+        journal took the ownership over first). Raises what ``_resume`` raises."""
+        if stored.molecule_id in self.active or self._stopped:
+            return
+        log.warning("taking over molecule %s from another gateway", stored.molecule_id)
+        self._resume(stored)
+
+    def abandon(self, molecule_id: str, reason: str) -> None:
+        """Another gateway owns ``molecule_id`` now (this one's lease lapsed): stop running
+        it here without finishing it; its initiator is told where it went."""
+        state = self.active.pop(molecule_id, None)
+        if state is None:
+            return
+        log.warning("molecule %s: %s; no longer run here", molecule_id, reason)
+        state.rejected = True
+        self._cancel_timers(state)
+        state.inflight.clear()
+        if state.resume_task is not None:
+            state.resume_task.cancel()
+        init = state.initiator
+        if init is not None:
+            state.initiator = None
+            self.gateway.answer_error(init.sink, ServiceUnavailable(
+                f"Molecule {molecule_id!r} is now run by another gateway ({reason}); ask any "
+                "gateway for its status", retry_delay_ms=JOURNAL_RETRY_DELAY_MS,
+                details={"reason": "ownership_lost"}, context={"molecule_id": molecule_id},
+            ), init.message_id, None, init.source_id)  # fmt: skip
+
+    def _reactor_back(self, reactor_id: str, group: str, element: str) -> bool:
+        """Whether ``reactor_id`` re-announced and can take a pinned packet now."""
+        record = self.gateway.registry.get(reactor_id)
+        return (
+            record is not None
+            and record.link is not None
+            and record.health in routing.ROUTABLE
+            and (group, element) in record.capabilities
+        )
 
     # ------------------------------------------------------------------ HTTP
 
@@ -1098,14 +1718,11 @@ class MoleculeCoordinator:
     async def _http_post(self, request: web.Request) -> web.Response:
         """Body: a §7.1 structure, a COORDINATE ``initiate`` payload, or the whole COORDINATE
         envelope. 202 {molecule_id, ...} once journaled; ``?wait=true``: the final state."""
-        body = await request.read()
+        if (denied := self._http_denied(request, "initiate", None)) is not None:
+            return denied
         correlation: str | None = None
         try:
-            try:
-                value = decode_json(body)
-            except msgspec.DecodeError as exc:
-                raise InvalidMessage(f"Invalid JSON format: {exc}", field="$",
-                                     validation_rule="json") from None  # fmt: skip
+            body, value = await read_json_body(request)
             if not isinstance(value, dict):
                 raise invalid_field("$", "object (a molecule structure or COORDINATE)",
                                     type(value).__name__, "type")  # fmt: skip
@@ -1123,18 +1740,19 @@ class MoleculeCoordinator:
                                     "enum")  # fmt: skip
             state = self.initiate(value, path=path, initiator=None,
                                   initiated_by=correlation or new_message_id())  # fmt: skip
+            self._owned(state.molecule_id, _HttpWho(request))
             assert state.accepted is not None
             await asyncio.shield(state.accepted)
         except PacketFlowError as err:
             return self._http_error(err, correlation)
         if request.query.get("wait", "").lower() in ("1", "true", "yes"):
             final = await self._wait_final(state)
-            return web.json_response(final)
+            return view_response(as_view(final, MoleculeStatus))
         plan = execution_plan(state.run.molecule)
-        return web.json_response({
+        return view_response(as_view({
             "molecule_id": state.molecule_id, "run_id": state.run_id, "status": "accepted",
             "status_url": f"/v1/molecules/{state.molecule_id}", "execution_plan": plan,
-        }, status=202)  # fmt: skip
+        }, MoleculeAccepted), status=202)  # fmt: skip
 
     async def _wait_final(self, state: _Molecule) -> dict[str, Any]:
         if state.final is not None:
@@ -1150,23 +1768,57 @@ class MoleculeCoordinator:
             return self._http_error(invalid_field("limit", "integer", "string", "type"))
         journal = {"path": str(self.journal_path()), "open": self.journal is not None,
                    "commit_errors": self.journal_errors}  # fmt: skip
-        return web.json_response({"running": len(self.active), "journal": journal,
-                                  "molecules": self.summaries(limit)})  # fmt: skip
+        principal = request_principal(request)
+        guard = self.gateway.guard
+        body = {"running": len(self.active), "journal": journal,
+                "molecules": self.summaries(
+                    limit, lambda mid: guard.sees(principal, "molecule", mid))}  # fmt: skip
+        return view_response(as_view(body, MoleculeList))
 
     async def _http_get(self, request: web.Request) -> web.Response:
+        mid = request.match_info["molecule_id"]
+        if (denied := self._http_denied(request, "status", mid)) is not None:
+            return denied
         try:
             payload = self.status(request.match_info["molecule_id"], path="molecule_id")
+        except UnknownMolecule as err:
+            # Cluster mode: another gateway runs (or ran) it; the shared journal knows.
+            journal = self.journal
+            stored = None
+            if isinstance(journal, AsyncJournal):
+                try:
+                    stored = await journal.load_async(mid)
+                except JournalError as exc:
+                    log.error("%s", exc)
+            if stored is None:
+                return self._http_error(err)
+            payload = self._describe_stored(stored)
         except PacketFlowError as err:
             return self._http_error(err)
-        return web.json_response(payload)
+        return view_response(as_view(payload, MoleculeStatus))
 
     async def _http_delete(self, request: web.Request) -> web.Response:
         mid = request.match_info["molecule_id"]
+        if (denied := self._http_denied(request, "abort", mid)) is not None:
+            return denied
         try:
             state = self.abort(mid, path="molecule_id", reason="aborted over HTTP")
         except PacketFlowError as err:
             return self._http_error(err)
-        return web.json_response(await self._wait_final(state))
+        self.gateway.guard.molecule_event(request_principal(request), _HttpWho(request),
+                                          "molecule_abort", mid)  # fmt: skip
+        return view_response(as_view(await self._wait_final(state), MoleculeStatus))
+
+
+class _HttpWho:
+    """An HTTP request as the guard sees a requester (address, user agent, principal)."""
+
+    __slots__ = ("principal", "source_ip", "user_agent")
+
+    def __init__(self, request: web.Request) -> None:
+        self.principal = request_principal(request)
+        self.source_ip = request.remote
+        self.user_agent = request.headers.get("User-Agent")
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -1188,12 +1840,37 @@ def _unknown(molecule_id: str, path: str) -> UnknownMolecule:
     )  # fmt: skip
 
 
+def _reactor_fault(errors: Mapping[str, Mapping[str, Any]], packet_id: str) -> bool:
+    """Whether the packet's final error was its reactor's fault (never a client's)."""
+    error = errors.get(packet_id)
+    if error is None:
+        return False
+    code = error.get("error_code")
+    return counts_against_reactor(code if isinstance(code, str) else None,
+                                  bool(error.get("retry_possible")))  # fmt: skip
+
+
+def _optimized(value: Any) -> dict[str, list[str]]:
+    """A journaled ``_Molecule.optimized``, as far as it has the right shape."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): [str(x) for x in v] for k, v in value.items() if isinstance(v, list)}
+
+
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
 def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else int(seconds * 1000)
+
+
+def _bond_types(value: Any) -> frozenset[str] | None:
+    """§8.2 ``supported_bond_types`` in canonical names; None when not announced."""
+    if not isinstance(value, list):
+        return None
+    return frozenset(BOND_ALIASES[v.lower()] for v in value
+                     if isinstance(v, str) and v.lower() in BOND_ALIASES)  # fmt: skip
 
 
 def _retyped(bond: Bond, new_type: str) -> Bond:
@@ -1207,6 +1884,8 @@ def _replay(run: MoleculeRun, event: JournalEvent) -> None:
     pid = event.packet_id or ""
     if event.kind == "molecule_started":
         run.start(at)
+    elif event.kind == "packet_dispatched":
+        run.packet_dispatched(pid, event.reactor_id, at)
     elif event.kind == "packet_succeeded":
         run.packet_succeeded(pid, event.decoded(), at, reactor_id=event.reactor_id)
     elif event.kind == "packet_failed":
@@ -1268,6 +1947,8 @@ def describe_run(
                 details={"reason": "timeout", "timeout_ms": run.molecule.properties.timeout_ms},
                 context={"molecule_id": run.molecule.molecule_id},
             ).to_payload()  # fmt: skip
+        elif run.error is not None:
+            payload["error"] = run.error
         elif run.status in ("failed", "partial"):
             relevant = [p for p in errors if not run.is_observer(p)]
             if relevant:

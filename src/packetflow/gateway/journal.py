@@ -11,7 +11,8 @@ How it is laid out:
   ``MoleculeRun.snapshot()``, which holds the whole structure and every packet's state),
   coordinator metadata, and its final status once finished (NULL while it runs).
 - ``events``: what happened after the checkpoint, in order (planner events such as
-  ``packet_succeeded`` with the result bytes, plus ``packet_submitted`` audit rows).
+  ``packet_succeeded`` with the result bytes and ``packet_dispatched`` naming the reactor
+  a packet went to, plus ``packet_submitted`` audit rows).
   Resuming = the checkpoint + these events replayed; a new checkpoint (at the finish, on
   an applied optimization, every ``CHECKPOINT_EVERY_EVENTS`` events) folds them in and
   deletes them.
@@ -29,7 +30,11 @@ the WAL on every commit and survives power loss; set ``PACKETFLOW_JOURNAL_SYNC=F
 pass ``synchronous="FULL"``). Measured on the development VM (virtio disk): a one-row
 commit costs 22 µs with NORMAL and 190 µs with FULL; a buffered row adds ~2 µs. At those
 costs the calls run inline on the event loop: a thread hop (~50-100 µs) would cost more
-than the commit it hides.
+than the commit it hides. WAL checkpoints are another matter: one copies up to a thousand
+pages into the main file and fsyncs both, and run by SQLite's auto-checkpoint it ran
+inside whichever commit crossed the threshold, on the event loop. They run on a thread of
+their own instead (``_Checkpointer``, every CHECKPOINT_EVERY_COMMITS commits), which
+changes nothing of the durability above: a commit is in the WAL either way.
 """
 
 from __future__ import annotations
@@ -37,10 +42,11 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 import msgspec
 
@@ -56,12 +62,27 @@ log = logging.getLogger("packetflow.gateway.journal")
 JOURNAL_KEEP_FINISHED: Final = 10_000
 # Pruning runs every this many finishes: one DELETE per hundred molecules, not per one.
 PRUNE_EVERY_FINISHES: Final = 100
+# How long a commit waits for a lock someone else holds on the file (a backup, an sqlite3
+# shell) before it fails. The journal runs on the event loop, so this stalls the gateway:
+# sqlite3's default of 5 s would freeze routing that long; a commit that cannot get the
+# lock this quickly fails, and the molecules it held stop with PF503 (coordinator.py).
+BUSY_TIMEOUT_S: Final = 0.5
+# The checkpointer thread is woken after this many commits: a 4-stage molecule commits
+# about 5 times and writes ~3 pages each, so about SQLite's own default of 1,000 pages.
+CHECKPOINT_EVERY_COMMITS: Final = 256
 SYNC_MODES: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
 DEFAULT_SYNC: Final = "NORMAL"
 SYNC_ENV: Final = "PACKETFLOW_JOURNAL_SYNC"
 
 _encoder: Final = msgspec.json.Encoder()
 _decoder: Final = msgspec.json.Decoder()
+
+
+class BlobCipher(Protocol):
+    """Encryption at rest for the journal's blobs (security/crypto.py AtRestCipher)."""
+
+    def encrypt(self, plain: bytes) -> bytes: ...
+    def decrypt(self, blob: bytes) -> bytes: ...
 
 
 class JournalError(Exception):
@@ -137,6 +158,23 @@ class MoleculeJournal(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class AsyncJournal(MoleculeJournal, Protocol):
+    """A journal across the network (NATS JetStream): opened, committed and read with
+    awaits. The coordinator ``stage``s a commit (everything buffered so far belongs to
+    it), then awaits ``commit_async`` while later writes buffer for the next one."""
+
+    async def open_async(self) -> list[StoredMolecule]: ...
+
+    def stage(self) -> None: ...
+
+    async def commit_async(self) -> None:
+        """Write what ``stage`` took. Raises JournalError."""
+        ...
+
+    async def load_async(self, molecule_id: str) -> StoredMolecule | None: ...
+
+
 def sync_mode(value: str | None = None) -> str:
     """The ``synchronous`` pragma to use: ``value``, else $PACKETFLOW_JOURNAL_SYNC, else
     NORMAL. Raises ValueError for anything but OFF, NORMAL, FULL or EXTRA."""
@@ -178,19 +216,67 @@ _INSERT_EVENT: Final = (
 )
 
 
+class _Checkpointer:
+    """``PRAGMA wal_checkpoint(PASSIVE)`` on a connection and thread of its own, whenever
+    asked: the copy and its fsyncs happen while the event loop goes on (sqlite3 releases
+    the GIL), and a PASSIVE checkpoint never blocks the writer."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, args=(path, synchronous),
+                                        name="journal-checkpoint", daemon=True)  # fmt: skip
+        self._thread.start()
+
+    def request(self) -> None:
+        self._wake.set()
+
+    def _run(self, path: Path, synchronous: str) -> None:
+        try:
+            db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        except sqlite3.Error as exc:
+            log.error("molecule journal: no checkpoint connection (%s); the WAL grows", exc)
+            return
+        try:
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    return
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # busy or I/O: the next request tries again
+                    log.warning("molecule journal: checkpoint failed: %s", exc)
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(BUSY_TIMEOUT_S + 5.0)
+
+
 class SqliteJournal:
     """``MoleculeJournal`` on one SQLite file (see the module docstring for the policy).
 
     Not thread-safe by design: the gateway calls it from its event loop thread only.
     """
 
-    def __init__(self, path: Path, *, synchronous: str | None = None) -> None:
+    def __init__(
+        self, path: Path, *, synchronous: str | None = None, cipher: BlobCipher | None = None
+    ) -> None:
         self.path = Path(path)
+        # §11.3.1 at rest: checkpoints (the molecule with its packets' data), metadata and
+        # event bodies (results) are sealed; ids, kinds and times stay clear for queries.
+        self._cipher = cipher
         self.synchronous = sync_mode(synchronous)
         self._db: sqlite3.Connection | None = None
         self._lock: int | None = None
         self._ops: list[tuple[str, tuple[Any, ...]]] = []
         self._finishes = 0
+        self._commits = 0
+        self._checkpointer: _Checkpointer | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -205,14 +291,16 @@ class SqliteJournal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._take_lock()
             # isolation_level=None: transactions are explicit (BEGIN ... COMMIT in commit()).
-            db = sqlite3.connect(self.path, isolation_level=None)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.execute("PRAGMA wal_autocheckpoint=0")  # _Checkpointer's job
             db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             self._release_lock()
             raise JournalError(f"cannot open molecule journal {self.path}: {exc}") from exc
         self._db = db
+        self._checkpointer = _Checkpointer(self.path, self.synchronous)
         return self._unfinished()
 
     def close(self) -> None:
@@ -224,7 +312,10 @@ class SqliteJournal:
         except JournalError as exc:
             log.error("molecule journal: last commit failed on close: %s", exc)
         finally:
-            self._db.close()
+            if self._checkpointer is not None:
+                self._checkpointer.stop()
+                self._checkpointer = None
+            self._db.close()  # the last connection to close checkpoints what is left
             self._db = None
             self._release_lock()
 
@@ -269,8 +360,7 @@ class SqliteJournal:
         self._ops.append((
             "INSERT OR REPLACE INTO molecules (molecule_id, run_token, status, checkpoint, "
             "meta, created_at, updated_at, finished_at) VALUES (?, ?, NULL, ?, ?, ?, ?, NULL)",
-            (molecule_id, run_token, _encoder.encode(checkpoint), _encoder.encode(meta), now,
-             now),
+            (molecule_id, run_token, self._seal(checkpoint), self._seal(meta), now, now),
         ))  # fmt: skip
 
     def record(self, molecule_id: str, event: JournalEvent) -> None:
@@ -278,27 +368,27 @@ class SqliteJournal:
         self._ops.append((
             _INSERT_EVENT,
             (molecule_id, event.kind, event.packet_id, event.at, event.reactor_id, retryable,
-             event.body),
+             self._seal_bytes(event.body)),
         ))  # fmt: skip
 
     def checkpoint(self, molecule_id: str, snapshot: dict[str, Any], now: float) -> None:
         self._ops.append((
             "UPDATE molecules SET checkpoint = ?, updated_at = ? WHERE molecule_id = ?",
-            (_encoder.encode(snapshot), now, molecule_id),
+            (self._seal(snapshot), now, molecule_id),
         ))  # fmt: skip
         self._ops.append(("DELETE FROM events WHERE molecule_id = ?", (molecule_id,)))
 
     def update_meta(self, molecule_id: str, meta: dict[str, Any]) -> None:
         self._ops.append((
             "UPDATE molecules SET meta = ? WHERE molecule_id = ?",
-            (_encoder.encode(meta), molecule_id),
+            (self._seal(meta), molecule_id),
         ))  # fmt: skip
 
     def finish(self, molecule_id: str, status: str, snapshot: dict[str, Any], now: float) -> None:
         self._ops.append((
             "UPDATE molecules SET status = ?, checkpoint = ?, updated_at = ?, finished_at = ? "
             "WHERE molecule_id = ?",
-            (status, _encoder.encode(snapshot), now, now, molecule_id),
+            (status, self._seal(snapshot), now, now, molecule_id),
         ))  # fmt: skip
         self._ops.append(("DELETE FROM events WHERE molecule_id = ?", (molecule_id,)))
         self._finishes += 1
@@ -330,9 +420,17 @@ class SqliteJournal:
                 else:
                     db.execute(sql, args)
             db.execute("COMMIT")
+            self._commits += 1
+            if self._commits % CHECKPOINT_EVERY_COMMITS == 0 and self._checkpointer is not None:
+                self._checkpointer.request()
         except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            # The rollback can fail too (a closed or vanished database): the caller must
+            # still get the JournalError it handles, never a raw sqlite3 error.
+            try:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            except sqlite3.Error as rollback:
+                log.error("molecule journal: rollback failed too: %s", rollback)
             raise JournalError(f"molecule journal commit failed: {exc}") from exc
 
     # ------------------------------------------------------------------ reads
@@ -372,16 +470,31 @@ class SqliteJournal:
         ).fetchall()
         return [
             JournalEvent(kind, pid, at, rid, None if retry is None else bool(retry),
-                         None if body is None else bytes(body))
+                         None if body is None else self._open(bytes(body)))
             for kind, pid, at, rid, retry, body in rows
         ]  # fmt: skip
 
-    @staticmethod
-    def _stored(row: tuple[Any, ...], events: list[JournalEvent]) -> StoredMolecule:
+    def _seal(self, value: Any) -> bytes:
+        raw = _encoder.encode(value)
+        return raw if self._cipher is None else self._cipher.encrypt(raw)
+
+    def _seal_bytes(self, raw: bytes | None) -> bytes | None:
+        return raw if raw is None or self._cipher is None else self._cipher.encrypt(raw)
+
+    def _open(self, blob: bytes | str) -> bytes:
+        raw = blob.encode() if isinstance(blob, str) else bytes(blob)
+        if self._cipher is None:
+            return raw
+        try:
+            return self._cipher.decrypt(raw)
+        except ValueError as exc:
+            raise JournalError(f"molecule journal {self.path}: {exc}") from exc
+
+    def _stored(self, row: tuple[Any, ...], events: list[JournalEvent]) -> StoredMolecule:
         mid, token, status, checkpoint, meta, created, finished = row
         return StoredMolecule(
-            molecule_id=mid, run_token=token, checkpoint=_decoder.decode(checkpoint),
-            meta=_decoder.decode(meta), status=status, created_at=created,
+            molecule_id=mid, run_token=token, checkpoint=_decoder.decode(self._open(checkpoint)),
+            meta=_decoder.decode(self._open(meta)), status=status, created_at=created,
             finished_at=finished, events=events,
         )  # fmt: skip
 

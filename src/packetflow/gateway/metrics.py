@@ -9,7 +9,7 @@ the gateway several percent of its time per packet; these keep the same small AP
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -85,6 +85,9 @@ class GatewayMetrics(Collector):
         self.routed = LabelledCount()
         self.queue_depth = Level()
         self.latency = Latency()
+        # Entries in each in-memory table, read when scraped: DESIGN §6 bounds every table,
+        # and the soak suite (tests/chaos) watches these for growth.
+        self.tables: dict[str, Callable[[], int]] = {}
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
@@ -114,6 +117,11 @@ class GatewayMetrics(Collector):
                                   "Packets waiting for a reactor slot")  # fmt: skip
         gauge.add_metric([], self.queue_depth.value)
         yield gauge
+        tables = GaugeMetricFamily("packetflow_gateway_table_entries",
+                                   "Entries in each in-memory table", labels=["table"])  # fmt: skip
+        for name, size in sorted(self.tables.items()):
+            tables.add_metric([name], size())
+        yield tables
         cumulative, buckets = 0, []
         for bound, seen in zip((*LATENCY_BUCKETS, float("inf")), self.latency.counts,
                                strict=True):  # fmt: skip

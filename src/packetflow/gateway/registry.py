@@ -10,7 +10,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ..protocol.chemistry import AffinityMatrix
+from ..protocol.messages import CapacityAdjustments
 from ..protocol.routing_table import RoutingTable
 
 if TYPE_CHECKING:
@@ -25,12 +28,13 @@ class ReactorRecord:
     specializations: tuple[str, ...]
     implementation: str
     capabilities: frozenset[tuple[str, str]]
-    capacity: int
+    capacity: int  # what routing uses: announced, then §8.3-adjusted (protocol/capacity.py)
     endpoints: dict[str, str]
     locality: str | None = None
     version: str = "1.0.0"
-    source: str = "direct"  # direct, static, multicast, dnssd
+    source: str = "direct"  # direct, static, multicast, dnssd, cluster (another gateway)
     in_flight: int = 0
+    suspects: int = 0  # DESIGN §6: suspect packets it runs (protocol/failover.py)
     reported_load: float = 0.0
     health: str = "unknown"
     last_seen: float = 0.0  # time.monotonic() of the last heartbeat or announce
@@ -43,6 +47,11 @@ class ReactorRecord:
     # Successes not yet told to its health tracker and breaker (gateway/monitor.py).
     unreported_ok: int = 0
     announce: dict[str, Any] = field(default_factory=dict)
+    # Shown as X-PacketFlow-Dial-Token when dialling it (DESIGN §8); never in summary().
+    dial_token: str | None = None
+    # §8.3: the capacity it announced, and the capacity_adjustments of its last heartbeat.
+    announced_capacity: int = 0
+    capacity_adjustments: CapacityAdjustments | None = None
 
     @property
     def load_ratio(self) -> float:
@@ -62,16 +71,29 @@ class ReactorRecord:
             "specializations": list(self.specializations),
             "health": self.health,
             "in_flight": self.in_flight,
-            "max_capacity": self.capacity,
+            "max_capacity": self.announced_capacity or self.capacity,
+            "effective_capacity": self.capacity,
+            "capacity_adjustments": (
+                msgspec.to_builtins(self.capacity_adjustments)
+                if self.capacity_adjustments is not None
+                else None
+            ),
             "load_factor": round(self.load_ratio, 4),
             "endpoints": self.endpoints,
             "locality": self.locality,
             "source": self.source,
             "capabilities": sorted(f"{g}:{e}" for g, e in self.capabilities),
+            # §6.3.2's learned per-group adjustment (±0.2, decaying to 0): what routing adds.
+            "adjustments": {g: round(v, 4) for g, v in self.adjustments.items() if v},
             "performance_metrics": hb.get("performance_metrics"),
             # §8.2 as last announced: elements per group with their measured timings.
-            "packet_support": (self.announce.get("capabilities") or {}).get("packet_support"),
+            "packet_support": _packet_support(self.announce.get("capabilities")),
         }
+
+
+def _packet_support(capabilities: Any) -> Any:
+    """§8.2's per-group timings; an announce with §4.2.4's list form has none."""
+    return capabilities.get("packet_support") if isinstance(capabilities, dict) else None
 
 
 class ReactorRegistry:
@@ -79,7 +101,9 @@ class ReactorRegistry:
     decision is a few vector operations however many reactors there are (DESIGN §5).
 
     Every change to what routing reads goes through a method here, so the two never
-    disagree.
+    disagree. A record that has left (removed, or replaced by a newer record with the same
+    id) is no longer mirrored: its late bookkeeping (a packet landing after it departed, a
+    probe timing out) updates the record alone, never the table's row for its id.
     """
 
     def __init__(self, matrix: AffinityMatrix) -> None:
@@ -143,25 +167,39 @@ class ReactorRegistry:
 
     # ------------------------------------------------------------------ routing state
 
+    def registered(self, record: ReactorRecord) -> bool:
+        """``record`` is the one routing currently knows under its id."""
+        return self._records.get(record.reactor_id) is record
+
     def set_health(self, record: ReactorRecord, health: str) -> None:
         record.health = health
-        self.table.set_health(record.reactor_id, health)
+        if self.registered(record):
+            self.table.set_health(record.reactor_id, health)
 
     def add_in_flight(self, record: ReactorRecord, delta: int) -> None:
         record.in_flight += delta
-        self.table.set_in_flight(record.reactor_id, record.in_flight)
+        if self.registered(record):
+            self.table.set_in_flight(record.reactor_id, record.in_flight)
+
+    def set_capacity(self, record: ReactorRecord, capacity: int) -> None:
+        record.capacity = capacity
+        if self.registered(record):
+            self.table.set_capacity(record.reactor_id, capacity)
 
     def set_reported_load(self, record: ReactorRecord, load: float) -> None:
         record.reported_load = load
-        self.table.set_reported_load(record.reactor_id, load)
+        if self.registered(record):
+            self.table.set_reported_load(record.reactor_id, load)
 
     def set_adjustment(self, record: ReactorRecord, group: str, value: float) -> None:
         record.adjustments[group] = value
-        self.table.set_adjustment(record.reactor_id, group, value)
+        if self.registered(record):
+            self.table.set_adjustment(record.reactor_id, group, value)
 
     def set_excluded(self, record: ReactorRecord, excluded: bool) -> None:
         """An open circuit breaker takes the reactor out of routing (§10.3.2)."""
-        self.table.set_excluded(record.reactor_id, excluded)
+        if self.registered(record):
+            self.table.set_excluded(record.reactor_id, excluded)
 
     def set_matrix(self, matrix: AffinityMatrix) -> None:
         self.table.set_matrix(matrix)

@@ -9,6 +9,7 @@ Hierarchy (one family per §10.1 table)::
     PacketFlowError
     ├── ProtocolError            PF0xx
     │   ├── InvalidMessage       PF001  bad frame / JSON / envelope
+    │   ├── InvalidAddress       PF001  a gateway address the client cannot dial
     │   ├── InvalidPacket        PF002  bad field (names the JSON path)
     │   ├── NoReactorAvailable   PF003
     │   ├── Overloaded           PF004
@@ -19,10 +20,14 @@ Hierarchy (one family per §10.1 table)::
     │   ├── MolecularInstability PF103
     │   ├── PropertyCalculation  PF104
     │   └── OptimizationFailed   PF105
+    ├── SecurityError            PF4xx  (not in §10.1: DESIGN §8, docs/security.md)
+    │   ├── AuthenticationFailed PF401  missing, malformed, unknown, revoked credentials
+    │   └── PermissionDenied     PF403  authenticated, but not allowed to do this
     └── SystemFailure            PF5xx
         ├── InternalError        PF500  (never carries internals)
         ├── OutOfMemory          PF501
         ├── NetworkTimeout       PF502
+        │   └── GatewayUnreachable      the client's dial failed
         ├── ServiceUnavailable   PF503
         └── GatewayTimeout       PF504
 """
@@ -30,7 +35,7 @@ Hierarchy (one family per §10.1 table)::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +79,7 @@ CATALOGUE: dict[str, ErrorSpec] = {
               "Check the envelope's protocol_version, message_type and required fields"),
         _spec("PF002", "validation_error", "Invalid packet structure", False, "Fix packet",
               ("Invalid packet structure", "Correct packet fields"),
-              "Correct the field named in error_details.field",
-              "Check packet serialization process",
-              "Verify client-side validation rules"),
+              "Correct the field named in error_details.field"),
         _spec("PF003", "routing_error", "No available reactors", True, "Wait/scale",
               ("No available reactors", "Wait or scale cluster"),
               "Start a reactor that supports this group:element",
@@ -88,7 +91,7 @@ CATALOGUE: dict[str, ErrorSpec] = {
         _spec("PF005", "processing_error", "Packet processing failed", True, "Retry/route",
               ("Packet processing failed", "Retry with same/different node"),
               "Retry the packet, possibly on a different reactor",
-              "Inspect error_details for the handler's failure"),
+              "Inspect error_details for the failure's reason"),
         _spec("PF101", "affinity_error", "Low affinity match", True, "Force route",
               ("Affinity calculation failed", "Use default routing"),
               "Lower routing_preferences.minimum_affinity",
@@ -107,6 +110,16 @@ CATALOGUE: dict[str, ErrorSpec] = {
         _spec("PF105", "optimization_error", "Optimization failed", True, "Fallback",
               None,
               "Fall back to the unoptimized molecule"),
+        # §10.1 has no security codes; these follow HTTP's 401/403 (docs/security.md).
+        _spec("PF401", "security_error", "Authentication failed", False, "Fix credentials",
+              None,
+              "Send an API key in X-PacketFlow-API-Key or a JWT in Authorization: Bearer",
+              "Check that the key was not revoked and the token has not expired"),
+        # Retrying cannot help until the principal's roles change.
+        _spec("PF403", "security_error", "Permission denied", False, "Request access",
+              None,
+              "Ask an administrator for the permission named in error_details",
+              "Check the roles of the credential this connection uses"),
         _spec("PF500", "internal_error", "Internal server error", True, "Investigate",
               ("Internal server error", "Check logs, restart if needed"),
               "Check the server logs", "Retry; restart the component if it persists"),
@@ -178,7 +191,28 @@ class PacketFlowError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.spec.retryable if self._retryable is None else self._retryable
+        if self._retryable is not None:
+            return self._retryable
+        # §10.1 marks PF102 retryable ("Rebuild"), but a structure a rule rejected (a
+        # cycle, a dangling bond) fails the same way every time it is resent unchanged.
+        if self.code in _STRUCTURAL_CODES and self.validation_rule is not None:
+            return False
+        return self.spec.retryable
+
+    def recovery_suggestions(self) -> list[str]:
+        """What to do about this error: the reason-specific advice first, then the
+        catalogue's, without any "retry" advice when a retry cannot help."""
+        reason = self.details.get("reason") or self.validation_rule
+        out = list(_specific_suggestions(self, reason))
+        for text in self.spec.suggestions:
+            if text in out or (not self.retryable and _mentions_retry(text)):
+                continue
+            if "error_details.field" in text and (self.field is None or out):
+                continue  # no field to name, or the specific advice already names it
+            out.append(text)
+        if not out:
+            out.append(self.spec.recovery)
+        return out
 
     def error_details(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -212,7 +246,7 @@ class PacketFlowError(Exception):
             "error_details": self.error_details(),
             "error_context": self.context,
             "reactor_info": reactor_info,
-            "recovery_suggestions": list(spec.suggestions),
+            "recovery_suggestions": self.recovery_suggestions(),
             "recovery_options": options,
             "retry_possible": self.retryable,
             "retry_delay_ms": delay,
@@ -222,12 +256,88 @@ class PacketFlowError(Exception):
 # §4.2.3's example and §10.3.1's initial_delay_ms.
 DEFAULT_RETRY_DELAY_MS = 1000
 
+# Whose fault an ERROR is: the one rule that a reactor's reported error rate, the gateway's
+# health tracker, circuit breaker and affinity learner all apply, so a client's mistake
+# never degrades a reactor or moves routing away from it.
+#
+# Codes that say the request itself is wrong (bad frame, bad field, nothing serves it, bad
+# molecule, bad properties): it fails the same way on any reactor.
+CLIENT_ERROR_CODES: Final = frozenset({"PF001", "PF002", "PF003", "PF101", "PF102", "PF104"})
+# Codes that may say the reactor is in trouble (§9.4.1 error_rate_spike, §10.3.2 failures).
+REACTOR_FAULT_CODES: Final = frozenset({"PF005", "PF500", "PF501", "PF502", "PF503", "PF504"})
+
+
+def is_client_error(code: str, retryable: bool) -> bool:
+    """Whether an ERROR is the submitter's: a client error code, or a PF005 its handler
+    declared not retryable (a missing file, a result too large, data a handler rejects:
+    §10.1's "Retry" is false exactly because any reactor would fail it the same way)."""
+    return code in CLIENT_ERROR_CODES or (code == "PF005" and not retryable)
+
+
+def counts_against_reactor(code: str | None, retryable: bool) -> bool:
+    """Whether an outcome counts as a failure of the reactor that answered it (its error
+    rate, health, breaker and learned affinity); ``code`` None is a success."""
+    return code is not None and code in REACTOR_FAULT_CODES and not is_client_error(code, retryable)
+
+
+# Codes whose rule rejections (a validation_rule is set) are about the request itself.
+_STRUCTURAL_CODES = frozenset({"PF102"})
+
+
+def _mentions_retry(text: str) -> bool:
+    return "retry" in text.lower() or "resubmit" in text.lower()
+
+
+def _specific_suggestions(err: PacketFlowError, reason: Any) -> tuple[str, ...]:
+    """Advice that depends on the error's reason or offending field, not just its code."""
+    d = err.details
+    if err.code == "PF002" and err.field is not None:
+        expected = f" (expected {err.expected_type})" if err.expected_type else ""
+        return (f"Correct {err.field}{expected} and send the message again",)
+    if err.code == "PF102":
+        if "cycle" in d and isinstance(d["cycle"], list):
+            path = " -> ".join(str(p) for p in d["cycle"])
+            return (f"Remove one bond of the cycle {path}; molecules must be acyclic",)
+        if "unknown_packet" in d:
+            return (f"Add packet {d['unknown_packet']!r} to the molecule or fix the bond "
+                    "or dependency naming it",)  # fmt: skip
+        if d.get("skipped"):
+            return ("Its source did not succeed: see that packet's error",)
+        if reason is not None:
+            return ("Fix the bonds named in error_details, then run the molecule again",)
+    if err.code == "PF005":
+        advice = _PF005_ADVICE.get(str(reason))
+        if advice is not None:
+            return advice
+    return ()
+
+
+_PF005_ADVICE: dict[str, tuple[str, ...]] = {
+    "handler_exception": (
+        "The element's handler raised (error_details.exception_type and "
+        "exception_message say what): fix the packet's data or the handler",
+    ),
+    "result_too_large": ("Return a smaller result, or df:save it and return its path",),
+    "result_not_serializable": ("Make the handler return JSON-serializable data",),
+    "timeout": ("Raise the packet's timeout_ms, or send smaller work",),
+    "file_not_found": (
+        "Put the file in the reactor's data directory (packetflow reactor --data-dir), "
+        "or name one that exists",
+    ),
+}
+
 
 class ProtocolError(PacketFlowError):
     code = "PF001"
 
 
 class InvalidMessage(ProtocolError):
+    code = "PF001"
+
+
+class InvalidAddress(ProtocolError):
+    """A gateway address the client cannot use (never sent: raised before dialling)."""
+
     code = "PF001"
 
 
@@ -271,6 +381,21 @@ class OptimizationFailed(ChemicalError):
     code = "PF105"
 
 
+class SecurityError(PacketFlowError):
+    code = "PF403"
+
+
+class AuthenticationFailed(SecurityError):
+    code = "PF401"
+
+
+class PermissionDenied(SecurityError):
+    """The principal lacks a permission (§11.2); ``field`` names what was denied and
+    ``details["required_permission"]`` the permission it would need."""
+
+    code = "PF403"
+
+
 class SystemFailure(PacketFlowError):
     code = "PF500"
 
@@ -284,6 +409,13 @@ class OutOfMemory(SystemFailure):
 
 
 class NetworkTimeout(SystemFailure):
+    code = "PF502"
+
+
+class GatewayUnreachable(NetworkTimeout):
+    """The client could not open its connection: nothing listens there, or it is not a
+    packetflow gateway (raised by the SDK instead of the HTTP library's exceptions)."""
+
     code = "PF502"
 
 

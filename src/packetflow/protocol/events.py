@@ -19,6 +19,10 @@ wildcards, as whole segments only:
 - a pattern that is a lone ``*`` or a lone ``**`` matches every topic (DESIGN §10 calls
   ``*`` "the wildcard"; a one-segment-only reading would surprise everyone).
 
+A subscriber that cannot take an event (its connection is full, see transport.py) loses it;
+the bus counts what each subscription lost (``note_dropped``) and the next event it does get
+carries that count as ``dropped`` (``take_dropped``), so loss is never silent.
+
 Sequence numbers are bus-wide: every ``publish`` takes the next integer (starting at 1)
 whether or not anyone is subscribed, so within one bus they strictly increase and a
 subscriber that sees a gap knows only that events went to other topics.
@@ -39,6 +43,10 @@ from .errors import InvalidPacket, Overloaded, invalid_field, json_type
 # Subscriptions (and ed:listen waiters) one bus holds; past it subscribe answers PF004. Each
 # costs a few hundred bytes, so this bounds the table to a few MiB.
 MAX_SUBSCRIPTIONS: Final = 10_000
+# Subscriptions one subscriber (a connection) may hold, so that one connection cannot take
+# the whole table and lock everyone else out (NATS bounds subscriptions per connection the
+# same way, `max_subscriptions`); a dashboard or service needs a handful.
+MAX_SUBSCRIPTIONS_PER_SUBSCRIBER: Final = 100
 # Topics are routing keys, not payloads: NATS and MQTT deployments keep them far below this.
 MAX_TOPIC_LENGTH: Final = 256
 # Barriers open at once; each holds at most `parties` waiters.
@@ -177,11 +185,17 @@ class EventBus(Generic[S]):
     """
 
     def __init__(
-        self, *, max_subscriptions: int = MAX_SUBSCRIPTIONS, id_prefix: str = "sub_"
+        self,
+        *,
+        max_subscriptions: int = MAX_SUBSCRIPTIONS,
+        max_per_subscriber: int = MAX_SUBSCRIPTIONS_PER_SUBSCRIBER,
+        id_prefix: str = "sub_",
     ) -> None:
-        if max_subscriptions < 1:
-            raise ValueError("max_subscriptions must be at least 1")
+        if max_subscriptions < 1 or max_per_subscriber < 1:
+            raise ValueError("max_subscriptions and max_per_subscriber must be at least 1")
         self.max_subscriptions = max_subscriptions
+        self.max_per_subscriber = max_per_subscriber
+        self._dropped: dict[str, int] = {}  # subscription id -> events lost since last one
         self.id_prefix = id_prefix
         self.sequence = 0  # the last sequence number handed out; 0 before any publish
         self._counter = 0
@@ -219,7 +233,8 @@ class EventBus(Generic[S]):
         ``subscription_id`` is taken as given, else ``<id_prefix><counter>``. Raises PF002
         naming ``field`` for a bad pattern, PF002 on
         ``payload.packet.data.subscription_id`` for an id already in use, and PF004 (with
-        ``retry_delay_ms``) when the bus already holds ``max_subscriptions``.
+        ``retry_delay_ms``) when ``subscriber`` already holds ``max_per_subscriber`` or the
+        bus already holds ``max_subscriptions``.
         """
         validate_pattern(pattern, field)
         if subscription_id is None:
@@ -242,6 +257,18 @@ class EventBus(Generic[S]):
                 "string",
                 "unique",
                 f"Subscription id {subscription_id!r} is already in use",
+            )
+        held = len(self._by_subscriber.get(subscriber, ()))
+        if held >= self.max_per_subscriber:
+            raise Overloaded(
+                f"This connection holds its maximum of {self.max_per_subscriber} "
+                "subscriptions; unsubscribe (close a subscription) or use a wildcard pattern",
+                retry_delay_ms=FULL_RETRY_DELAY_MS,
+                details={
+                    "reason": "subscriptions_per_connection_full",
+                    "limit": self.max_per_subscriber,
+                    "held": held,
+                },
             )
         if len(self._subs) >= self.max_subscriptions:
             raise Overloaded(
@@ -266,6 +293,7 @@ class EventBus(Generic[S]):
         if sub is None:
             return False
         del self._ordinal[subscription_id]
+        self._dropped.pop(subscription_id, None)
         if _is_exact(sub.pattern):
             bucket = self._exact.get(sub.pattern)
             if bucket is not None:
@@ -299,14 +327,36 @@ class EventBus(Generic[S]):
             found.sort(key=lambda s: self._ordinal[s.subscription_id])
         return found
 
+    def fan_out(
+        self, topic: str, *, field: str = "payload.packet.data.topic"
+    ) -> tuple[int, list[Subscription[S]]]:
+        """Publish on ``topic`` without building per-subscriber data: the event's sequence
+        number and the matching subscriptions (oldest first), for an owner that encodes the
+        event once for all of them. Raises PF002 naming ``field`` for a bad topic."""
+        validate_topic(topic, field)
+        self.sequence += 1
+        return self.sequence, self.matching(topic)
+
+    def note_dropped(self, subscription_id: str) -> int:
+        """``subscription_id``'s subscriber could not take an event: count it; the count."""
+        if subscription_id not in self._subs:
+            return 0
+        count = self._dropped.get(subscription_id, 0) + 1
+        self._dropped[subscription_id] = count
+        return count
+
+    def take_dropped(self, subscription_id: str) -> int:
+        """Events ``subscription_id`` lost since its last delivered one (the count is
+        reset: the event about to be delivered carries it)."""
+        return self._dropped.pop(subscription_id, 0) if self._dropped else 0
+
     def publish(
         self, topic: str, event: Any, now_ms: int, *, field: str = "payload.packet.data.topic"
     ) -> list[Delivery[S]]:
         """Publish ``event`` on ``topic``: the next sequence number, and one Delivery per
         matching subscription (oldest first). Raises PF002 naming ``field`` for a bad topic.
         Subscriptions stay; a one-shot subscriber (ed:listen) unsubscribes itself."""
-        validate_topic(topic, field)
-        self.sequence += 1
+        sequence, subscriptions = self.fan_out(topic, field=field)
         return [
             Delivery(
                 sub,
@@ -314,11 +364,11 @@ class EventBus(Generic[S]):
                     "topic": topic,
                     "event": event,
                     "published_at": now_ms,
-                    "sequence": self.sequence,
+                    "sequence": sequence,
                     "subscription_id": sub.subscription_id,
                 },
             )
-            for sub in self.matching(topic)
+            for sub in subscriptions
         ]
 
 
@@ -369,27 +419,10 @@ class BarrierTable(Generic[W]):
         differs from the count the barrier was opened with, and PF004 when MAX_BARRIERS are
         already open.
         """
-        if not isinstance(barrier, str) or not barrier or len(barrier) > MAX_TOPIC_LENGTH:
-            raise invalid_field(
-                "payload.packet.data.barrier",
-                f"non-empty string of at most {MAX_TOPIC_LENGTH} chars",
-                json_type(barrier),
-                "type",
-            )
-        if (
-            not isinstance(parties, int)
-            or isinstance(parties, bool)
-            or not 1 <= parties <= MAX_PARTIES
-        ):
-            raise invalid_field(
-                "payload.packet.data.parties",
-                f"integer between 1 and {MAX_PARTIES}",
-                json_type(parties),
-                "range",
-            )
+        check_barrier(barrier, parties)
         entry = self._barriers.get(barrier)
         if entry is not None and entry.parties != parties:
-            raise _parties_mismatch(barrier, entry.parties, parties)
+            raise parties_mismatch(barrier, entry.parties, parties)
         if parties == 1:
             return [waiter]
         if entry is None:
@@ -421,8 +454,40 @@ class BarrierTable(Generic[W]):
                 return True
         return False
 
+    def waiters(self) -> int:
+        """Waiters across every open barrier."""
+        return sum(len(entry.waiters) for entry in self._barriers.values())
 
-def _parties_mismatch(barrier: str, expected: int, got: int) -> InvalidPacket:
+    def take_all(self) -> list[W]:
+        """Every waiter of every open barrier, closing them all (the owner is stopping)."""
+        taken = [w for entry in self._barriers.values() for w in entry.waiters]
+        self._barriers.clear()
+        return taken
+
+
+def check_barrier(barrier: object, parties: object) -> None:
+    """A co:sync arrival's ``barrier`` name and ``parties`` count, checked the same way
+    whoever keeps the barrier (this table, or the rounds several gateways share,
+    protocol/barrier_rounds.py). Raises PF002 naming ``payload.packet.data.barrier`` or
+    ``payload.packet.data.parties``."""
+    if not isinstance(barrier, str) or not barrier or len(barrier) > MAX_TOPIC_LENGTH:
+        raise invalid_field(
+            "payload.packet.data.barrier",
+            f"non-empty string of at most {MAX_TOPIC_LENGTH} chars",
+            json_type(barrier),
+            "type",
+        )
+    if not isinstance(parties, int) or isinstance(parties, bool) or not 1 <= parties <= MAX_PARTIES:
+        raise invalid_field(
+            "payload.packet.data.parties",
+            f"integer between 1 and {MAX_PARTIES}",
+            json_type(parties),
+            "range",
+        )
+
+
+def parties_mismatch(barrier: str, expected: int, got: int) -> InvalidPacket:
+    """PF002 on ``payload.packet.data.parties``: ``barrier`` is open for ``expected``."""
     return invalid_field(
         "payload.packet.data.parties",
         f"{expected} (the barrier's parties)",
@@ -442,6 +507,8 @@ __all__ = [
     "Delivery",
     "EventBus",
     "Subscription",
+    "check_barrier",
+    "parties_mismatch",
     "topic_matches",
     "validate_pattern",
     "validate_topic",

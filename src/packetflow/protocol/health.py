@@ -322,12 +322,14 @@ def reported_in_heartbeat(now: float, payload: HeartbeatPayload) -> HealthReport
     left out: a busy worker saturating its core is working, not exhausted; memory
     exhaustion (§9.4.1) is what kills processes."""
     status = payload.health_status
-    util = (payload.load_metrics or {}).get("resource_utilization") or {}
+    load = payload.load_metrics
+    util = load.resource_utilization if load is not None else None
+    perf = payload.performance_metrics
     return HealthReported(
         now,
         status=status.status if status is not None else None,
-        memory=_percent(util.get("system_memory_percent")),
-        error_rate=_number((payload.performance_metrics or {}).get("error_rate")),
+        memory=_percent(util.memory_percent if util is not None else None),
+        error_rate=perf.error_rate if perf is not None else None,
     )
 
 
@@ -346,10 +348,21 @@ def reported_by_health_check(now: float, data: Any) -> HealthReported | None:
     )
 
 
+def reported_by_resource_check(now: float, data: Any) -> HealthReported | None:
+    """What an rm:monitor RESULT (the §9.2 Resource Metrics row) says: the process's
+    memory as a share of its budget. CPU is left out, as in ``reported_in_heartbeat``."""
+    if not isinstance(data, Mapping):
+        return None
+    memory = data.get("memory")
+    if not isinstance(memory, Mapping):
+        return None
+    return HealthReported(now, memory=_percent(memory.get("process_percent")))
+
+
 @dataclass(frozen=True, slots=True)
 class PacketFinished:
     """``count`` packets routed to the reactor finished; ``ok`` False only for failures
-    that are the reactor's fault (PF005, PF5xx, timeouts), never a client's PF001/PF002."""
+    that are the reactor's fault (``errors.counts_against_reactor``), never a client's."""
 
     now: float
     ok: bool

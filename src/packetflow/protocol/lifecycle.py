@@ -11,7 +11,9 @@ How this reads the spec:
 - validated → queued too: DESIGN §5 queues a packet in the gateway when every supporting
   reactor is full, before a reactor is chosen; routed → processing when the reactor starts
   it at once; queued → routed again when its slot or reactor goes away before it started
-  (no delivery was lost, so no retry is counted);
+  (no delivery was lost, so no retry is counted); queued → queued when a packet taken
+  from the gateway's queue for a freed slot may not use it (its routing preferences, the
+  DESIGN §6 one-suspect-per-reactor rule) and goes back to wait, keeping its place;
 - any step after validation can fail (PF003/PF101 when routing, PF004/PF504 at the deadline
   in a queue, PF005/timeouts while processing): → failed;
 - failed → retried (§10.3.1; a new attempt) → routed (or → queued when every reactor is
@@ -101,6 +103,7 @@ LIFECYCLE: Final[Mapping[PacketState, Mapping[PacketEvent, PacketState]]] = Mapp
         ),
         _S.QUEUED: MappingProxyType(
             {
+                _E.ENQUEUED: _S.QUEUED,  # back to wait: the freed slot was not for it
                 _E.ROUTED: _S.ROUTED,
                 _E.STARTED: _S.PROCESSING,
                 _E.FAILED: _S.FAILED,

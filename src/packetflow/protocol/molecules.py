@@ -17,8 +17,9 @@ How validation reports problems (DESIGN §3, §7):
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, cast
 
 from .chemistry import GROUPS
@@ -112,6 +113,8 @@ class MoleculePacket:
     timeout_ms: int | None = None
     dependencies: tuple[str, ...] = ()
     position: Mapping[str, Any] | None = None
+    # §7.3 phase 2 ``resource_requirements``: {memory_mb?, cpu_cores?}; None = none stated.
+    resources: Mapping[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _with_set(
@@ -120,6 +123,7 @@ class MoleculePacket:
             timeout_ms=self.timeout_ms,
             dependencies=list(self.dependencies) if self.dependencies else None,
             position=dict(self.position) if self.position is not None else None,
+            resource_requirements=dict(self.resources) if self.resources is not None else None,
         )
 
 
@@ -155,6 +159,58 @@ class Bond:
 
 
 @dataclass(frozen=True, slots=True)
+class HealingPolicy:
+    """§10.4.2 ``molecular_healing``: when to heal (triggers; None = that trigger is off)
+    and how (strategies). The defaults are the spec's example block."""
+
+    failure_rate_above: float | None = 0.2  # "packet_failure_rate > 0.2"
+    stability_below: float | None = 0.3  # "molecular_stability < 0.3"
+    slower_than: float | None = 2.0  # "execution_time > 2x_expected"
+    replace_failed: bool = True  # "replace_failed_packets"
+    conversions: Mapping[str, str] = field(
+        default_factory=lambda: {"ionic": "metallic", "covalent": "vdw"}
+    )  # "bond_type_conversion"
+    decompose_below: float | None = 0.1  # "molecular_decomposition", "stability < 0.1"
+
+    def to_dict(self) -> dict[str, Any]:
+        triggers = []
+        if self.failure_rate_above is not None:
+            triggers.append(f"packet_failure_rate > {self.failure_rate_above:g}")
+        if self.stability_below is not None:
+            triggers.append(f"molecular_stability < {self.stability_below:g}")
+        if self.slower_than is not None:
+            triggers.append(f"execution_time > {self.slower_than:g}x_expected")
+        strategies: list[dict[str, Any]] = []
+        if self.replace_failed:
+            strategies.append({"strategy": "replace_failed_packets"})
+        if self.conversions:
+            strategies.append({"strategy": "bond_type_conversion",
+                               "conversions": [f"{a}_to_{b}" for a, b in
+                                               self.conversions.items()]})  # fmt: skip
+        if self.decompose_below is not None:
+            strategies.append({"strategy": "molecular_decomposition",
+                               "decomposition_threshold":
+                               f"stability < {self.decompose_below:g}"})  # fmt: skip
+        return {"healing_triggers": triggers, "healing_strategies": strategies}
+
+
+@dataclass(frozen=True, slots=True)
+class BondAdjustment:
+    """§10.4.1 ``bond_adjustment``, applied when a packet finally fails and the run goes
+    on: weaken its bonds, strengthen bonds out of succeeded packets, and bypass it (its
+    succeeded sources bond directly to its ionic targets)."""
+
+    weaken_failed_bonds: bool = False
+    strengthen_successful_paths: bool = False
+    create_bypass_bonds: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weaken_failed_bonds": self.weaken_failed_bonds,
+                "strengthen_successful_paths": self.strengthen_successful_paths,
+                "create_bypass_bonds": self.create_bypass_bonds}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class MoleculeProperties:
     """§7.1 ``properties`` as DESIGN §7 reads them.
 
@@ -171,6 +227,8 @@ class MoleculeProperties:
     healing: bool = False
     optimization_target: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    healing_policy: HealingPolicy | None = None  # set whenever ``healing`` is
+    bond_adjustment: BondAdjustment | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)
@@ -180,6 +238,10 @@ class MoleculeProperties:
             stability_threshold=self.stability_threshold,
             healing=self.healing,
         )
+        if self.healing_policy is not None:
+            out["molecular_healing"] = self.healing_policy.to_dict()
+        if self.bond_adjustment is not None:
+            out["bond_adjustment"] = self.bond_adjustment.to_dict()
         return _with_set(out, timeout_ms=self.timeout_ms,
                          optimization_target=self.optimization_target)  # fmt: skip
 
@@ -303,6 +365,8 @@ def _parse_packet(raw: Any, path: str) -> MoleculePacket:
     position = obj.get("position")
     if position is not None:
         position = dict(_require_object(position, _join(path, "position")))
+    resources = parse_requirements(obj.get("resource_requirements"),
+                                 _join(path, "resource_requirements"))  # fmt: skip
 
     data = obj.get("data", {})
     return MoleculePacket(
@@ -314,7 +378,36 @@ def _parse_packet(raw: Any, path: str) -> MoleculePacket:
         timeout_ms=timeout,
         dependencies=tuple(deps),
         position=position,
+        resources=resources,
     )
+
+
+# The amounts a packet may state (§7.3 phase 2's example) and the most any one may ask
+# for: 16 TiB and 4096 cores are beyond any machine a reactor runs on today.
+RESOURCE_LIMITS: Final[Mapping[str, float]] = {"memory_mb": 16 * 2**20, "cpu_cores": 4096}
+
+
+def parse_requirements(raw: Any, path: str) -> dict[str, float] | None:
+    """``resource_requirements`` {memory_mb?, cpu_cores?}: non-negative numbers within
+    RESOURCE_LIMITS (``cpu_cores`` an integer). PF002 naming the field otherwise."""
+    if raw is None:
+        return None
+    obj = _require_object(raw, path)
+    out: dict[str, float] = {}
+    for key, value in obj.items():
+        kpath = _join(path, key)
+        limit = RESOURCE_LIMITS.get(key)
+        if limit is None:
+            raise invalid_field(kpath, "one of " + ", ".join(RESOURCE_LIMITS), repr(key),
+                                "known_resource")  # fmt: skip
+        integer = key == "cpu_cores"
+        if not (_is_int(value) if integer else _is_number(value)):
+            raise invalid_field(kpath, "integer" if integer else "number", json_type(value),
+                                "type")  # fmt: skip
+        if not 0 <= value <= limit:
+            raise invalid_field(kpath, f"0-{limit:g}", f"number {value}", "range")
+        out[key] = value
+    return out
 
 
 def _either(obj: Mapping[str, Any], path: str, short: str, long: str) -> tuple[Any, str]:
@@ -386,6 +479,9 @@ def _parse_properties(raw: Any, path: str) -> MoleculeProperties:
         "stability_threshold",
         "healing",
         "optimization_target",
+        "molecular_healing",
+        "bond_adjustment",
+        "molecular_error_handling",
     }
     extra = {k: v for k, v in obj.items() if k not in known}
 
@@ -426,6 +522,23 @@ def _parse_properties(raw: Any, path: str) -> MoleculeProperties:
     if target is not None and not isinstance(target, str):
         raise invalid_field(_join(path, "optimization_target"), "string", json_type(target), "type")
 
+    policy = None
+    if obj.get("molecular_healing") is not None:
+        policy = parse_healing(obj["molecular_healing"], _join(path, "molecular_healing"))
+        healing = True
+    elif healing:
+        policy = HealingPolicy()
+    adjustment = None
+    handling = obj.get("molecular_error_handling")
+    if handling is not None:
+        hpath = _join(path, "molecular_error_handling")
+        handling = _require_object(handling, hpath)
+        if handling.get("bond_adjustment") is not None:
+            adjustment = _parse_adjustment(handling["bond_adjustment"],
+                                           _join(hpath, "bond_adjustment"))  # fmt: skip
+    if obj.get("bond_adjustment") is not None:
+        adjustment = _parse_adjustment(obj["bond_adjustment"], _join(path, "bond_adjustment"))
+
     return MoleculeProperties(
         max_retries=max_retries,
         timeout_ms=timeout,
@@ -434,7 +547,105 @@ def _parse_properties(raw: Any, path: str) -> MoleculeProperties:
         healing=healing,
         optimization_target=target,
         extra=extra,
+        healing_policy=policy,
+        bond_adjustment=adjustment,
     )
+
+
+def _parse_adjustment(raw: Any, path: str) -> BondAdjustment:
+    obj = _require_object(raw, path)
+    flags: dict[str, bool] = {}
+    for key in ("weaken_failed_bonds", "strengthen_successful_paths", "create_bypass_bonds"):
+        value = obj.get(key, False)
+        if not isinstance(value, bool):
+            raise invalid_field(_join(path, key), "boolean", json_type(value), "type")
+        flags[key] = value
+    return BondAdjustment(**flags)
+
+
+# §10.4.2's trigger strings: "<metric> <op> <number>" ("2x_expected" for the time one).
+_TRIGGER = re.compile(r"^\s*(packet_failure_rate|molecular_stability|execution_time)\s*"
+                      r"([<>])\s*([0-9]*\.?[0-9]+)(x_expected)?\s*$")  # fmt: skip
+_TRIGGER_FORMS: Final = ("packet_failure_rate > R", "molecular_stability < S",
+                         "execution_time > Nx_expected")  # fmt: skip
+_THRESHOLD = re.compile(r"^\s*stability\s*<\s*([0-9]*\.?[0-9]+)\s*$")
+
+
+def parse_healing(raw: Any, path: str) -> HealingPolicy:
+    """§10.4.2 ``molecular_healing`` {healing_triggers: [strings], healing_strategies:
+    [{strategy, ...}]}: each trigger and strategy named is on, the rest off (either list
+    absent: the spec's defaults for it). PF002 naming the bad entry."""
+    obj = _require_object(raw, path)
+    defaults = HealingPolicy()
+    fields: dict[str, Any] = {}
+    tpath = _join(path, "healing_triggers")
+    triggers = obj.get("healing_triggers")
+    if triggers is not None:
+        if not isinstance(triggers, list):
+            raise invalid_field(tpath, "array of trigger strings", json_type(triggers), "type")
+        fields.update(failure_rate_above=None, stability_below=None, slower_than=None)
+        for i, text in enumerate(triggers):
+            m = _TRIGGER.match(text) if isinstance(text, str) else None
+            valid = m is not None and (
+                (m[1] == "packet_failure_rate" and m[2] == ">" and not m[4])
+                or (m[1] == "molecular_stability" and m[2] == "<" and not m[4])
+                or (m[1] == "execution_time" and m[2] == ">" and bool(m[4]))
+            )  # fmt: skip
+            if m is None or not valid:
+                raise invalid_field(f"{tpath}[{i}]", "one of " + ", ".join(_TRIGGER_FORMS),
+                                    repr(text) if isinstance(text, str) else json_type(text),
+                                    "healing_trigger")  # fmt: skip
+            key = {"packet_failure_rate": "failure_rate_above",
+                   "molecular_stability": "stability_below",
+                   "execution_time": "slower_than"}[m[1]]  # fmt: skip
+            fields[key] = float(m[3])
+    spath = _join(path, "healing_strategies")
+    strategies = obj.get("healing_strategies")
+    if strategies is not None:
+        if not isinstance(strategies, list):
+            raise invalid_field(spath, "array of strategies", json_type(strategies), "type")
+        fields.update(replace_failed=False, conversions={}, decompose_below=None)
+        for i, entry in enumerate(strategies):
+            ipath = f"{spath}[{i}]"
+            entry = {"strategy": entry} if isinstance(entry, str) else entry
+            entry = _require_object(entry, ipath)
+            name = entry.get("strategy")
+            if name == "replace_failed_packets":
+                fields["replace_failed"] = True
+            elif name == "bond_type_conversion":
+                fields["conversions"] = _parse_conversions(entry.get("conversions"),
+                                                           _join(ipath, "conversions"))  # fmt: skip
+            elif name == "molecular_decomposition":
+                raw_t = entry.get("decomposition_threshold", "stability < 0.1")
+                m = _THRESHOLD.match(raw_t) if isinstance(raw_t, str) else None
+                if m is None:
+                    raise invalid_field(_join(ipath, "decomposition_threshold"),
+                                        '"stability < S"', repr(raw_t), "pattern")  # fmt: skip
+                fields["decompose_below"] = float(m[1])
+            else:
+                raise invalid_field(
+                    _join(ipath, "strategy"), "one of replace_failed_packets, "
+                    "bond_type_conversion, molecular_decomposition",
+                    repr(name) if isinstance(name, str) else json_type(name), "enum",
+                )  # fmt: skip
+    return replace(defaults, **fields)
+
+
+def _parse_conversions(raw: Any, path: str) -> dict[str, str]:
+    if raw is None:
+        return dict(HealingPolicy().conversions)
+    if not isinstance(raw, list):
+        raise invalid_field(path, 'array of "<type>_to_<type>"', json_type(raw), "type")
+    out: dict[str, str] = {}
+    for j, text in enumerate(raw):
+        old, _, new = text.partition("_to_") if isinstance(text, str) else ("", "", "")
+        a, b = BOND_ALIASES.get(old), BOND_ALIASES.get(new)
+        if a is None or b is None or a == b:
+            raise invalid_field(f"{path}[{j}]", '"<bond type>_to_<another bond type>"',
+                                repr(text) if isinstance(text, str) else json_type(text),
+                                "conversion")  # fmt: skip
+        out[a] = b
+    return out
 
 
 def parse_molecule(

@@ -174,13 +174,17 @@ Event: TypeAlias = (
 class StartPacket:
     """Submit the molecule's packet ``packet_id`` (same id on every attempt) with
     ``ctx.inputs`` = ``inputs``; prefer the reactor that ran ``prefer_reactor_of`` (a
-    covalent source); cap its timeout at ``deadline`` (the molecule's, ``now`` clock)."""
+    covalent source); cap its timeout at ``deadline`` (the molecule's, ``now`` clock).
+    ``resume_on``: after a restart, the reactor the packet was running on; it alone can
+    answer the packet from its idempotency window without running it again, so it is
+    asked first (DESIGN §4, §7 durability)."""
 
     packet_id: str
     inputs: Mapping[str, Any]
     prefer_reactor_of: str | None = None
     attempt: int = 1
     deadline: float | None = None
+    resume_on: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +212,21 @@ class ConvertBond:
     bond: Bond
     old_type: BondType
     new_type: BondType
+
+
+@dataclass(frozen=True, slots=True)
+class AdjustBonds:
+    """§10.4.1/§10.4.2 changed the run's bonds (``changes``: what and why, for the log)."""
+
+    changes: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleCheck:
+    """Call ``timer_fired`` at ``at``: a running packet passes its §10.4.2
+    ``execution_time > Nx_expected`` mark then."""
+
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +264,8 @@ Instruction: TypeAlias = (
     | RetryPacket
     | CancelPacket
     | ConvertBond
+    | AdjustBonds
+    | ScheduleCheck
     | ScheduleTimer
     | ReportProgress
     | FinishMolecule
@@ -328,8 +349,16 @@ class MoleculeRun:
     (wall clock); only differences are used.
     """
 
-    def __init__(self, molecule: Molecule, now: float) -> None:
+    def __init__(
+        self, molecule: Molecule, now: float, expected_ms: Mapping[str, float] | None = None
+    ) -> None:
         check_structure(molecule)
+        # Mean duration per group:element before this run (the gateway's history): what
+        # §10.4.2's "execution_time > Nx_expected" compares with.
+        self.expected_ms: dict[str, float] = dict(expected_ms or {})
+        self.decomposed = False
+        self.replaced: set[str] = set()  # packets replaced for slowness (once each)
+        self._next_check: float | None = None
         self.molecule = molecule
         self.created_at = now
         self.started_at: float | None = None
@@ -337,27 +366,40 @@ class MoleculeRun:
         self.finished_at: float | None = None
         self.status: RunStatus | None = None
         self.reason: str | None = None
+        # The ERROR payload that stopped the run when no packet did (``fail``).
+        self.error: dict[str, Any] | None = None
         self.converted = False
         self.retry_attempts = 0
         self._last_now = now
         self._order = molecule.packet_ids
-        self._bonds: list[Bond] = list(molecule.bonds)
-        self._incoming: dict[str, list[int]] = {p: [] for p in self._order}
-        self._outgoing: dict[str, list[int]] = {p: [] for p in self._order}
-        for i, bond in enumerate(self._bonds):
-            self._incoming[bond.target].append(i)
-            self._outgoing[bond.source].append(i)
-        # Healing only loosens bonds, so one topological order serves the whole run.
+        self._index_bonds(list(molecule.bonds))
+        # Healing only loosens bonds and bypasses only link a packet's ancestors to its
+        # descendants, so one topological order serves the whole run.
         self._topo = topological_order(self._order, self._bonds)
         # Stage numbers are fixed at the start: reporting only (DESIGN §7).
         self._stages = stages(molecule)
         self.total_stages = max(self._stages.values(), default=0)
         self._kind = {p.id: f"{p.group}:{p.element}" for p in molecule.packets}
-        self._out_strength = dict.fromkeys(self._order, 0.0)
-        for bond in self._bonds:
-            self._out_strength[bond.source] += bond.strength
-        self._total_strength = sum(b.strength for b in self._bonds)
         self._tracks: dict[str, _Track] = {p: _Track() for p in self._order}
+        self._recount()
+
+    def _index_bonds(self, bonds: list[Bond]) -> None:
+        """Adopt ``bonds`` as the run's bonds: indexes and strength sums (then _recount)."""
+        self._bonds = bonds
+        self._incoming: dict[str, list[int]] = {p: [] for p in self._order}
+        self._outgoing: dict[str, list[int]] = {p: [] for p in self._order}
+        self._out_strength = dict.fromkeys(self._order, 0.0)
+        for i, bond in enumerate(bonds):
+            self._incoming[bond.target].append(i)
+            self._outgoing[bond.source].append(i)
+            self._out_strength[bond.source] += bond.strength
+        self._total_strength = sum(b.strength for b in bonds)
+
+    def _rebond(self, bonds: list[Bond]) -> None:
+        """Replace the bonds mid-run (§10.4.1 adjustment, §10.4.2 decomposition): the
+        molecule carries them from now on, so snapshots and restores see them."""
+        self.molecule = replace(self.molecule, bonds=tuple(bonds))
+        self._index_bonds(bonds)
         self._recount()
 
     def _recount(self) -> None:
@@ -533,9 +575,12 @@ class MoleculeRun:
         track.reactor_id = failed_on
         self._sample(packet_id)
         isolate = self.molecule.properties.fault_tolerance == "isolate_and_continue"
-        if not isolate and not self.is_observer(packet_id):
+        # fail_fast (and retry_failed_stages once out of retries) stops the run, unless
+        # §10.4.2 healing is on and one of its strategies lets the run go on.
+        if not isolate and not self.is_observer(packet_id) and not self._maybe_heal(now, out):
             self._stop(now, "failed", f"packet {packet_id!r} failed", out)
             return self._wrap(out, now)
+        self._adjust_bonds(packet_id, out)
         self._settle(self._targets(packet_id), now, out)
         self._maybe_heal(now, out)
         return self._wrap(out, now)
@@ -548,11 +593,26 @@ class MoleculeRun:
         self._stop(now, "aborted", reason, out)
         return self._wrap(out, now)
 
+    def fail(self, now: float, error: Mapping[str, Any]) -> list[Instruction]:
+        """Stop the run with status ``failed`` for a reason outside its packets (the
+        coordinator cannot journal it, DESIGN §6): ``error`` is the ERROR payload the
+        initiator gets. Packets handed out are cancelled, the rest aborted."""
+        if self.status is not None:
+            return []
+        out: list[Instruction] = []
+        self.error = dict(error)
+        self._stop(now, "failed", str(error.get("error_message") or "failed"), out)
+        return self._wrap(out, now)
+
     def timer_fired(self, now: float) -> list[Instruction]:
         """The molecule deadline timer: at or past ``deadline`` the run stops with status
         ``timeout``; an early or stale timer does nothing."""
-        if self.status is not None or self.deadline is None or now < self.deadline:
+        if self.status is not None:
             return []
+        if self.deadline is None or now < self.deadline:
+            slow: list[Instruction] = []
+            self._replace_slow(now, slow)
+            return self._wrap(slow, now) if slow else []
         out: list[Instruction] = []
         timeout_ms = self.molecule.properties.timeout_ms
         self._stop(now, "timeout", f"molecule timeout_ms {timeout_ms} exceeded", out)
@@ -658,6 +718,8 @@ class MoleculeRun:
             "stability": round(self.stability(), 6),
             "attainable_stability": round(self.attainable_stability(), 6),
             "bonds_converted": self.converted,
+            "decomposed": self.decomposed,
+            "replaced_slow_packets": sorted(self.replaced),
             "elapsed_ms": self._elapsed_ms(now),
             "estimated_remaining_ms": self._estimate_remaining_ms(now),
             "warnings": self.warnings(),
@@ -677,9 +739,13 @@ class MoleculeRun:
             "finished_at": self.finished_at,
             "status": self.status,
             "reason": self.reason,
+            "error": self.error,
             "converted": self.converted,
             "retry_attempts": self.retry_attempts,
             "last_now": self._last_now,
+            "expected_ms": self.expected_ms,
+            "decomposed": self.decomposed,
+            "replaced": sorted(self.replaced),
             "packets": {p: t.to_dict() for p, t in self._tracks.items()},
         }
 
@@ -698,7 +764,9 @@ class MoleculeRun:
             raise ValueError(f"snapshot format {data.get('format')!r} is not {SNAPSHOT_FORMAT}")
         raw = data["molecule"]
         molecule = parse_molecule(raw, max_size=max(len(raw.get("packets", [])), 1))
-        run = cls(molecule, float(data["created_at"]))
+        run = cls(molecule, float(data["created_at"]), data.get("expected_ms"))
+        run.decomposed = bool(data.get("decomposed", False))
+        run.replaced = set(data.get("replaced") or [])
         types = list(data["bond_types"])
         if len(types) != len(run._bonds) or any(t not in BOND_TYPES for t in types):
             raise ValueError("snapshot bond_types do not match the molecule's bonds")
@@ -715,6 +783,8 @@ class MoleculeRun:
         run.finished_at = data.get("finished_at")
         run.status = data.get("status")
         run.reason = data.get("reason")
+        error = data.get("error")
+        run.error = dict(error) if isinstance(error, Mapping) else None
         run.converted = bool(data.get("converted", False))
         run.retry_attempts = int(data.get("retry_attempts", 0))
         run._last_now = float(data.get("last_now", now))
@@ -730,6 +800,10 @@ class MoleculeRun:
         for pid in run._order:
             track = run._tracks[pid]
             if track.state in ACTIVE_STATES:
+                # The reactor it was last sent to: set while running, and kept through a
+                # resubmit so a second restart before it is dispatched again still knows
+                # (a retry clears it: the retried attempt belongs to no reactor yet).
+                running_on = track.reactor_id
                 run._move(pid, "resubmit")
                 track.issued_at = now
                 track.dispatched_at = None
@@ -740,6 +814,7 @@ class MoleculeRun:
                         run._preferred(pid),
                         max(track.attempts, 1),
                         run.deadline,
+                        resume_on=running_on,
                     )
                 )
         # Packets whose bonds were satisfied just before the snapshot was taken.
@@ -808,7 +883,7 @@ class MoleculeRun:
         attempts = 1
         if props.fault_tolerance == "retry_failed_stages":
             attempts += props.max_retries
-        if props.healing:
+        if props.healing_policy is not None and props.healing_policy.replace_failed:
             attempts += 1  # §10.4.2 replace_failed_packets: once, on a different reactor
         return attempts
 
@@ -915,28 +990,150 @@ class MoleculeRun:
                     StartPacket(pid, self._inputs(pid), self._preferred(pid), 1, self.deadline)
                 )
 
-    def _maybe_heal(self, now: float, out: list[Instruction]) -> None:
-        """§10.4.2 bond_type_conversion, once, when the failure rate passes 0.2."""
-        if not self.molecule.properties.healing or self.converted:
-            return
+    def _healing_due(self) -> bool:
+        """Whether a §10.4.2 trigger on failures or stability has fired."""
+        policy = self.molecule.properties.healing_policy
+        if policy is None:
+            return False
         failed = sum(1 for t in self._tracks.values() if t.state == "failed")
         succeeded = sum(1 for t in self._tracks.values() if t.state == "succeeded")
-        if failed == 0 or failed / (failed + succeeded) <= HEALING_FAILURE_RATE:
+        if failed == 0:
+            return False
+        rate = failed / (failed + succeeded)
+        if policy.failure_rate_above is not None and rate > policy.failure_rate_above:
+            return True
+        return (policy.stability_below is not None
+                and self.attainable_stability() < policy.stability_below)  # fmt: skip
+
+    def _maybe_heal(self, now: float, out: list[Instruction]) -> bool:
+        """§10.4.2 when a trigger fired: bond_type_conversion (once), then, if the
+        attainable stability is below the decomposition threshold, molecular_decomposition
+        (once). True when a strategy changed the run (so it can go on)."""
+        policy = self.molecule.properties.healing_policy
+        if policy is None or not self._healing_due():
+            return False
+        healed = False
+        if policy.conversions and not self.converted:
+            self.converted = True
+            touched: list[str] = []
+            for i, bond in enumerate(self._bonds):
+                new_type = cast(BondType | None, policy.conversions.get(bond.type))
+                if new_type is None or self._state(bond.target) != "pending":
+                    continue
+                self._bonds[i] = replace(bond, type=new_type)
+                out.append(ConvertBond(bond, bond.type, new_type))
+                touched.append(bond.target)
+                if not self._bonds[i].blocking:
+                    self._blocking_sources[bond.target].remove(bond.source)
+            for pid in dict.fromkeys(touched):
+                self._count_blockers(pid)
+            self._settle(touched, now, out)
+            healed = bool(touched)
+        if (policy.decompose_below is not None and not self.decomposed
+                and self.attainable_stability() < policy.decompose_below):  # fmt: skip
+            healed = self._decompose(now, out) or healed
+        return healed
+
+    def _decompose(self, now: float, out: list[Instruction]) -> bool:
+        """§10.4.2 molecular_decomposition: cut every bond from a packet that will never
+        succeed to one that has not started, so what is left runs as independent pieces."""
+        self.decomposed = True
+        keep: list[Bond] = []
+        cut: list[dict[str, Any]] = []
+        for bond in self._bonds:
+            if self._state(bond.source) in _LOST and self._state(bond.target) == "pending":
+                cut.append({"action": "decomposed", "from": bond.source, "to": bond.target,
+                            "type": bond.type})  # fmt: skip
+            else:
+                keep.append(bond)
+        if not cut:
+            return False
+        self._rebond(keep)
+        out.append(AdjustBonds(tuple(cut)))
+        self._settle([c["to"] for c in cut], now, out)
+        return True
+
+    def _adjust_bonds(self, failed: str, out: list[Instruction]) -> None:
+        """§10.4.1 bond_adjustment after ``failed`` finally failed (the run goes on)."""
+        adjust = self.molecule.properties.bond_adjustment
+        if adjust is None:
             return
-        self.converted = True
-        touched: list[str] = []
-        for i, bond in enumerate(self._bonds):
-            new_type = HEALING_CONVERSIONS.get(bond.type)
-            if new_type is None or self._state(bond.target) != "pending":
+        bonds = list(self._bonds)
+        changes: list[dict[str, Any]] = []
+        existing = {(b.source, b.target) for b in bonds}
+        if adjust.create_bypass_bonds:
+            sources = [self._bonds[i] for i in self._incoming[failed]
+                       if self._state(self._bonds[i].source) == "succeeded"]  # fmt: skip
+            for i in list(self._outgoing[failed]):
+                bond = bonds[i]
+                if bond.type != "ionic" or self._state(bond.target) != "pending" or not sources:
+                    continue
+                for src in sources:
+                    if (src.source, bond.target) in existing:
+                        continue
+                    existing.add((src.source, bond.target))
+                    bonds.append(Bond(src.source, bond.target, "ionic", bond.strength,
+                                      origin=f"bypass of {failed}"))  # fmt: skip
+                    changes.append({"action": "bypass", "from": src.source,
+                                    "to": bond.target, "bypassed": failed})  # fmt: skip
+                bonds[i] = replace(bond, type="metallic")  # no longer dooms its target
+        for i, bond in enumerate(bonds):
+            state = self._state(bond.source)
+            if adjust.weaken_failed_bonds and bond.source == failed:
+                bonds[i] = replace(bond, strength=round(bond.strength * 0.5, 6))
+                changes.append({"action": "weakened", "from": bond.source, "to": bond.target,
+                                "strength": bonds[i].strength})  # fmt: skip
+            elif (adjust.strengthen_successful_paths and state == "succeeded"
+                  and self._state(bond.target) not in FINISHED_STATES
+                  and bond.strength < 1.0):  # fmt: skip
+                bonds[i] = replace(bond, strength=round(min(1.0, bond.strength + 0.1), 6))
+                changes.append({"action": "strengthened", "from": bond.source,
+                                "to": bond.target, "strength": bonds[i].strength})  # fmt: skip
+        if changes:
+            self._rebond(bonds)
+            out.append(AdjustBonds(tuple(changes)))
+
+    def _replace_slow(self, now: float, out: list[Instruction]) -> None:
+        """§10.4.2 ``execution_time > Nx_expected``: a packet running longer than N times
+        its element's expected duration is replaced on a different reactor, once."""
+        policy = self.molecule.properties.healing_policy
+        if policy is None or policy.slower_than is None or not policy.replace_failed:
+            return
+        for pid in self._order:
+            track = self._tracks[pid]
+            due = self._slow_at(pid, policy.slower_than)
+            if due is None or now < due or track.state not in ACTIVE_STATES:
                 continue
-            self._bonds[i] = replace(bond, type=new_type)
-            out.append(ConvertBond(bond, bond.type, new_type))
-            touched.append(bond.target)
-            if not self._bonds[i].blocking:
-                self._blocking_sources[bond.target].remove(bond.source)
-        for pid in dict.fromkeys(touched):
-            self._count_blockers(pid)
-        self._settle(touched, now, out)
+            self.replaced.add(pid)
+            avoid = track.reactor_id
+            self._move(pid, "retry")
+            track.attempts += 1
+            track.issued_at = now
+            track.dispatched_at = None
+            track.reactor_id = None
+            self.retry_attempts += 1
+            out.append(RetryPacket(pid, track.attempts, avoid, self._inputs(pid),
+                                   self._preferred(pid), self.deadline))  # fmt: skip
+
+    def _slow_at(self, pid: str, factor: float) -> float | None:
+        track = self._tracks[pid]
+        expected = self.expected_ms.get(self._kind[pid])
+        began = track.dispatched_at if track.dispatched_at is not None else track.issued_at
+        if (expected is None or expected <= 0 or began is None or pid in self.replaced
+                or track.state not in ACTIVE_STATES):  # fmt: skip
+            return None
+        return began + factor * expected / 1000.0
+
+    def _schedule_check(self, out: list[Instruction]) -> None:
+        """Ask for a timer at the next slowness mark, when it moved."""
+        policy = self.molecule.properties.healing_policy
+        if policy is None or policy.slower_than is None or not self.expected_ms:
+            return
+        marks = [m for p in self._order if (m := self._slow_at(p, policy.slower_than))]
+        at = min(marks) if marks else None
+        if at is not None and at != self._next_check:
+            out.append(ScheduleCheck(at))
+        self._next_check = at
 
     def _stop(self, now: float, status: RunStatus, reason: str, out: list[Instruction]) -> None:
         """End the run early: cancel what was handed out, abort what was not."""
@@ -961,6 +1158,8 @@ class MoleculeRun:
     def _wrap(self, out: list[Instruction], now: float) -> list[Instruction]:
         """Append the progress report and, when the run has just ended, the finish."""
         self._last_now = now
+        if self.status is None:
+            self._schedule_check(out)
         just_finished = self.status is not None
         if self.status is None and self._unfinished == 0:
             self.status = self._final_status()

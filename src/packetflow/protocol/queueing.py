@@ -44,10 +44,12 @@ class PriorityQueue(Generic[T]):
     def __len__(self) -> int:
         return self._live
 
-    def push(self, item: T, priority: int) -> QueueEntry[T] | None:
+    def push(self, item: T, priority: int, seq: int | None = None) -> QueueEntry[T] | None:
+        """Queue ``item``; ``seq`` is the arrival number of an item going back to wait
+        (taken out for a slot it could not use), so it keeps its place among equals."""
         if self._live >= self.capacity:
             return None
-        entry = QueueEntry(priority, next(self._seq), item)
+        entry = QueueEntry(priority, next(self._seq) if seq is None else seq, item)
         heapq.heappush(self._heap, entry)
         self._live += 1
         return entry

@@ -9,7 +9,6 @@ RESULT (message 4) with processing metadata.
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any
 
 import msgspec
@@ -56,12 +55,18 @@ def admission(msg: Submit) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _wire_properties(group: str, priority: int, dependency_count: int) -> ChemicalPropertiesWire:
+def wire_properties(group: str, priority: int, dependency_count: int) -> ChemicalPropertiesWire:
     """DESIGN §4's properties as sent; a handful of distinct inputs, so computed once each
     (the encoder only reads the shared struct)."""
     props = chemical_properties(group, priority, dependency_count)
     return ChemicalPropertiesWire(props.reactivity, props.ionization_energy,
                                   props.atomic_radius, props.electronegativity)  # fmt: skip
+
+
+def _to_4(x: float) -> float:
+    """``x`` to 4 decimals, half away from zero (a finite score or load): half the cost of
+    round(), on every forwarded SUBMIT."""
+    return (int(x * 10000.0 + 0.5) if x >= 0.0 else -int(0.5 - x * 10000.0)) / 10000.0
 
 
 def forward_submit(
@@ -87,7 +92,7 @@ def forward_submit(
         id=packet_id,
         priority=priority,
         timeout_ms=timeout_ms,
-        chemical_properties=_wire_properties(packet.group, priority, len(packet.dependencies)),
+        chemical_properties=wire_properties(packet.group, priority, len(packet.dependencies)),
     )
     return Submit(
         protocol_version=PROTOCOL_VERSION,
@@ -100,8 +105,8 @@ def forward_submit(
         ttl=ttl_ms,
         priority=msg.priority if msg.priority is not None else priority,
         routing_hints={
-            "affinity_score": round(affinity_score, 4),
-            "load_factor": round(load_factor, 4),
+            "affinity_score": _to_4(affinity_score),
+            "load_factor": _to_4(load_factor),
             "selection_reason": selection_reason,
         },
         payload=msgspec.structs.replace(msg.payload, packet=forwarded),
@@ -123,16 +128,27 @@ def replay_for(
 
 
 _STATS_KEY = b'"processing_stats":'
-# A flat JSON object (our reactors' stats are numbers only).
-_FLAT_OBJECT = re.compile(rb"\{[^{}\[\]]*\}")
+# A reactor-reported duration beyond this (about 31 years) is not taken as one.
+_MAX_DURATION_MS = 1e12
+
+
+class _Stats(msgspec.Struct):
+    """The one field of ``processing_stats`` the gateway reads (others are skipped)."""
+
+    duration_ms: float | None = None
+
+
+_stats_decoder = msgspec.json.Decoder(_Stats)
 
 
 def split_processing_stats(data: Raw) -> tuple[Raw, float | None]:
     """Remove ``processing_stats`` from result data; return it and its duration_ms.
 
     packetflow reactors put the stats last, so the fast path cuts them off the end of
-    the bytes; any other layout is decoded and re-encoded. Results without the key pass
-    through untouched.
+    the bytes: the key is preceded by ``,`` or ``{`` and what follows it, up to the
+    data's closing brace, decodes as exactly one object (a key inside a string or a
+    nested object fails one of the two). Any other layout is decoded and re-encoded.
+    Results without the key pass through untouched.
     """
     raw = bytes(memoryview(data))
     at = raw.rfind(_STATS_KEY)
@@ -141,23 +157,19 @@ def split_processing_stats(data: Raw) -> tuple[Raw, float | None]:
     start = at - 1
     while start >= 0 and raw[start] in b" \t\r\n":
         start -= 1
-    tail = raw[at + len(_STATS_KEY) : -1].strip()
-    if (
-        start >= 0
-        and raw[start] in b",{"
-        and raw.rstrip().endswith(b"}")
-        and (_FLAT_OBJECT.fullmatch(tail))
-    ):
-        stats = decode_json(tail)
-        head = raw[:start] if raw[start] == ord(",") else raw[: start + 1]
-        body = head + b"}"
-        duration = stats.get("duration_ms") if isinstance(stats, dict) else None
-        return Raw(body), float(duration) if isinstance(duration, int | float) else None
+    if start >= 0 and raw[start] in b",{" and raw.rstrip().endswith(b"}"):
+        try:
+            stats = _stats_decoder.decode(raw[at + len(_STATS_KEY) : raw.rindex(b"}")])
+        except msgspec.DecodeError:
+            pass  # another layout (or a duration that is no number): the general path
+        else:
+            head = raw[:start] if raw[start] == ord(",") else raw[: start + 1]
+            return Raw(head + b"}"), stats.duration_ms
     value: Any = decode_json(data)
     if not isinstance(value, dict) or "processing_stats" not in value:
         return data, None
-    stats = value.pop("processing_stats", None)
-    duration = stats.get("duration_ms") if isinstance(stats, dict) else None
+    stats_value = value.pop("processing_stats", None)
+    duration = stats_value.get("duration_ms") if isinstance(stats_value, dict) else None
     return Raw(encode_json(value)), float(duration) if isinstance(duration, int | float) else None
 
 
@@ -176,7 +188,8 @@ def client_result(
 ) -> Result:
     """Message 4 of the wire example."""
     data, reactor_ms = split_processing_stats(reply.data)
-    reactor_ms = reactor_ms if reactor_ms is not None else 0.0
+    if reactor_ms is None or not 0.0 <= reactor_ms < _MAX_DURATION_MS:
+        reactor_ms = 0.0  # none, or nonsense (negative, not finite) from the reactor
     return Result(
         protocol_version=PROTOCOL_VERSION,
         message_id=message_id,
@@ -189,10 +202,12 @@ def client_result(
             packet_id=reply.packet_id,
             status=reply.status,
             data=data,
+            # Durations are never negative: to 0.001 ms by int() (round() costs twice as
+            # much, and this runs for every RESULT).
             processing_metadata={
-                "total_duration_ms": round(total_ms, 3),
-                "reactor_duration_ms": round(reactor_ms, 3),
-                "routing_duration_ms": round(max(0.0, total_ms - reactor_ms), 3),
+                "total_duration_ms": int(total_ms * 1000.0 + 0.5) / 1000.0,
+                "reactor_duration_ms": int(reactor_ms * 1000.0 + 0.5) / 1000.0,
+                "routing_duration_ms": int(max(0.0, total_ms - reactor_ms) * 1000.0 + 0.5) / 1000.0,
                 "reactor_id": reactor_id,
                 "affinity_score": round(affinity_score, 4),
             },

@@ -35,6 +35,10 @@ DEFAULT_LEASE_MS: Final = 5 * 60 * 1000
 DEFAULT_RETRY_DELAY_MS: Final = 1000
 
 RESOURCE_KEYS: Final = ("memory_mb", "cpu_slots")
+# CPU slots a reactor leases out per core by default: handlers mostly wait on I/O, so a
+# core serves several leases (the same reasoning as a thread pool sized at a multiple of
+# the cores). A §7.3 reservation of N cores asks for N × this many slots.
+CPU_SLOTS_PER_CORE: Final = 4
 
 DATA: Final = "payload.packet.data"
 

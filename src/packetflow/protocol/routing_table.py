@@ -330,6 +330,14 @@ class RoutingTable:
         reactor.in_flight = n
         self._refresh_load(reactor)
 
+    def set_capacity(self, reactor_id: str, capacity: int) -> None:
+        """The capacity routing uses (§8.3 ``protocol.capacity.effective_capacity``); 0
+        takes the reactor out of routing without forgetting it (maintenance)."""
+        reactor = self._reactors[reactor_id]
+        reactor.capacity = max(0, capacity)
+        self._refresh_load(reactor)
+        self._refresh_ready(reactor)
+
     def set_reported_load(self, reactor_id: str, load: float) -> None:
         reactor = self._reactors[reactor_id]
         reactor.reported_load = load

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import math
@@ -36,12 +37,20 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import msgspec
 from msgspec import Raw
 
+try:
+    import resource
+except ImportError:  # not on Windows: CPU falls back to thread_time, no peak memory
+    resource = None  # type: ignore[assignment]
+
+from ..protocol.capacity import reactor_adjustments
 from ..protocol.chemistry import GROUPS
 from ..protocol.errors import (
     NoReactorAvailable,
+    OutOfMemory,
     Overloaded,
     PacketFlowError,
     ProcessingFailed,
+    PropertyCalculationError,
     ServiceUnavailable,
     result_too_large,
 )
@@ -49,11 +58,18 @@ from ..protocol.idempotency import IdempotencyWindow
 from ..protocol.messages import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
+    ChemicalMetrics,
+    ChemicalPropertiesWire,
     ErrorPayload,
+    HealthStatus,
+    HeartbeatPayload,
+    LoadMetrics,
     Message,
+    PerformanceMetrics,
+    ResourceUtilization,
     ResultPayload,
     Submit,
-    decode_json,
+    decode_data,
     encode,
     encode_json,
     error_envelope,
@@ -61,11 +77,29 @@ from ..protocol.messages import (
 from ..protocol.messages import Error as ErrorMsg
 from ..protocol.messages import Result as ResultMsg
 from ..protocol.queueing import PriorityQueue, QueueEntry
-from ..protocol.relay import admission
+from ..protocol.reaction import (
+    OPTIMIZATIONS_KEY,
+    PROPERTY_TOLERANCE,
+    applied_optimizations,
+    chemical_analysis,
+    packet_affinity,
+    processing_stats,
+    property_mismatches,
+)
+from ..protocol.relay import admission, wire_properties
 from ..transport import Peer, new_message_id, new_packet_id, now_ms
 from .context import Context
 from .registry import ElementSpec, Registry
 from .stats import ReactorStats
+
+if TYPE_CHECKING:
+    from ..security.crypto import PayloadCipher
+
+# Groups admitted even when memory is exhausted: health probes and the elements that
+# free resources or shut the reactor down must still work.
+_ALWAYS_ADMITTED = frozenset({"cf", "rm"})
+# How a sealed payload (security/crypto.py's envelope) shows in the raw data bytes.
+_SEALED = b'"AES-256-GCM"'
 
 if TYPE_CHECKING:
     from ..client import AsyncClient
@@ -113,6 +147,15 @@ class ReactorConfig:
     thread_workers: int = 16
     process_workers: int = 2
     debug: bool = False
+    # The memory this reactor may use, for §9.4.1 exhaustion (None: the machine's, or its
+    # container's).
+    memory_limit_mb: float | None = None
+    # §11.3 end-to-end payload encryption: the shared secret's file (security/crypto.py).
+    payload_key_file: Path | None = None
+    # PF104 for a packet whose stated chemical_properties disagree with DESIGN §4's
+    # calculator (protocol/reaction.py); off for a cluster whose gateway computes them
+    # another way on purpose.
+    verify_properties: bool = True
 
 
 @dataclass(slots=True, eq=False)
@@ -128,6 +171,9 @@ class Job:
     expiry: asyncio.TimerHandle | None = None  # while queued
     task: asyncio.Task[None] | None = None
     done: bool = False  # answered: any later outcome is dropped (exactly one reply)
+    # §11.3 payload encryption: the (salt, iterations) its data came sealed with; the
+    # result is sealed back with the same key.
+    sealed: tuple[bytes, int] | None = None
 
 
 # An outcome kept in the idempotency window: the payload to answer again.
@@ -208,19 +254,29 @@ class ReactorRuntime:
     def __init__(self, config: ReactorConfig, registry: Registry) -> None:
         self.config = config
         self.registry = registry
-        self.stats = ReactorStats()
+        self.stats = ReactorStats(config.memory_limit_mb)
         self.queue: PriorityQueue[Job] = PriorityQueue(config.max_queue)
         self.running: set[Job] = set()
         self.window: IdempotencyWindow[Outcome, Waiter] = IdempotencyWindow()
         self.draining = False
+        # §8.3: when draining began (epoch ms), reported as scheduled_maintenance.
+        self.draining_since_ms: int | None = None
+        # The concurrency last announced (§8.2); a change since is reported as
+        # temporary_capacity_boost (protocol/capacity.py).
+        self.announced_concurrency = config.max_concurrent_packets
         self.gateway: AsyncClient | None = None
-        self.molecules_seen = 0
         self.on_shutdown: Callable[[float], None] | None = None
         self.on_restart: Callable[[], None] | None = None
         self._threads = _DaemonThreads(config.thread_workers, "pf-elem")
         self._processes: ProcessPoolExecutor | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self.cipher: PayloadCipher | None = None
+        if config.payload_key_file is not None:
+            # Imported here: reactors without payload encryption never load cryptography.
+            from ..security.crypto import PayloadCipher, read_secret
+
+            self.cipher = PayloadCipher(read_secret(config.payload_key_file))
         self._loop: asyncio.AbstractEventLoop | None = None
         # The deadline timer: armed at the earliest deadline of a running packet.
         self._sweep_at = math.inf
@@ -288,6 +344,13 @@ class ReactorRuntime:
                 field="payload.packet.element",
                 context={"requested_group": group, "requested_element": element},
             )  # fmt: skip
+        if group not in _ALWAYS_ADMITTED and (used := self.stats.memory_exhausted(now)):
+            raise OutOfMemory(
+                f"Reactor {self.config.reactor_id} is out of memory: {used:g}% of its "
+                f"{self.stats.memory_budget / 2**20:.0f} MB budget in use",
+                details={"reason": "memory_exhausted", "memory_usage_percent": used,
+                         "memory_budget_mb": round(self.stats.memory_budget / 2**20, 1)},
+            )  # fmt: skip
         if (
             len(self.running) >= self.config.max_concurrent_packets
             and len(self.queue) >= self.queue.capacity
@@ -299,6 +362,9 @@ class ReactorRuntime:
                 context={"in_flight": self.in_flight, "queue_depth": len(self.queue)},
             )  # fmt: skip
         priority, timeout_ms = admission(msg)
+        stated = packet.chemical_properties
+        if stated is not None and self.config.verify_properties:
+            _check_properties(group, priority, len(packet.dependencies), stated)
         return Job(msg, peer, spec, packet_id, priority, now, now + timeout_ms / 1000.0)
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
@@ -323,7 +389,9 @@ class ReactorRuntime:
         self.running.add(job)
         self._idle.clear()
         limit = job.spec.inline_max_bytes
-        if limit and len(job.msg.payload.packet.data) <= limit:
+        data = job.msg.payload.packet.data
+        # A sealed payload may need a key derivation (~0.3 s): never on the loop.
+        if limit and len(data) <= limit and (self.cipher is None or _SEALED not in bytes(data)):
             self._run_inline(job)
             return
         job.task = self._bind_loop().create_task(self._run(job))
@@ -383,26 +451,36 @@ class ReactorRuntime:
     def _run_inline(self, job: Job) -> None:
         """A quick sync handler on small data, on the loop: no task, no thread."""
         started = time.perf_counter()
+        cpu = time.thread_time()
         try:
-            result = job.spec.handler(decode_json(job.msg.payload.packet.data),
+            result = job.spec.handler(decode_data(job.msg.payload.packet.data),
                                       self._context(job))  # fmt: skip
         except PacketFlowError as err:
             self._fail(job, err, (time.perf_counter() - started) * 1000.0)
         except BaseException as exc:  # a handler bug (even sys.exit) never takes us down
             self._crashed(job, exc, started)
         else:
-            self._succeed(job, result, started)
+            # On the loop thread and synchronous: its CPU is this thread's (no getrusage
+            # for the peak: these handlers are quick on small data, and it costs 2 µs).
+            self._succeed(job, result, started, time.thread_time() - cpu)
 
     async def _run(self, job: Job) -> None:
         spec = job.spec
         started = time.perf_counter()
+        usage: _Usage | float | None = None
         try:
-            data = decode_json(job.msg.payload.packet.data)
+            data = decode_data(job.msg.payload.packet.data)
+            if self.cipher is not None and isinstance(data, dict) and "encrypted" in data:
+                data = await self._unseal(job, data)
             ctx = self._context(job)
             if spec.is_async:
+                # The loop thread's CPU while it was pending: thread_time, not getrusage,
+                # which costs a few µs more on the loop for every packet.
+                cpu = time.thread_time()
                 result = await spec.handler(data, ctx)
+                usage = time.thread_time() - cpu
             else:
-                result = await self._call_sync(spec, data, ctx)
+                result, usage = await self._call_sync(spec, data, ctx)
         except asyncio.CancelledError:
             if job.done:  # timed out: _time_out answered it and cancelled the handler
                 return
@@ -420,7 +498,22 @@ class ReactorRuntime:
             return
         if job.done:  # its deadline passed while a handler that ignored cancellation ran on
             return
-        self._succeed(job, result, started)
+        self._succeed(job, result, started, usage)
+
+    async def _unseal(self, job: Job, envelope: dict[str, Any]) -> Any:
+        """The packet's data, decrypted (a first key derivation runs off the loop).
+        Raises PF002 (DecryptionFailed) for an envelope this reactor cannot open."""
+        cipher = self.cipher
+        assert cipher is not None
+        packet = job.msg.payload.packet
+        if cipher.has_key_for(envelope):
+            value, salt, iterations = cipher.open(envelope, packet.group, packet.element)
+        else:
+            value, salt, iterations = await self._bind_loop().run_in_executor(
+                None, functools.partial(cipher.open, envelope, packet.group, packet.element)
+            )
+        job.sealed = (salt, iterations)
+        return value
 
     def _crashed(self, job: Job, exc: BaseException, started: float) -> None:
         spec = job.spec
@@ -429,6 +522,12 @@ class ReactorRuntime:
         # Not retryable: the same data on another reactor would most likely raise again.
         # A handler with a transient failure raises ProcessingFailed(..., retryable=True)
         # itself, and the gateway retries that.
+        if isinstance(exc, MemoryError):  # §10.1.3: not a bug in the data, a lack of memory
+            self._fail(job, OutOfMemory(
+                f"{spec.key} ran out of memory on reactor {self.config.reactor_id}",
+                details={"reason": "memory_error", "exception_type": type(exc).__name__},
+            ), (time.perf_counter() - started) * 1000.0)  # fmt: skip
+            return
         failure = ProcessingFailed(
             f"{spec.key} failed: {type(exc).__name__}: {exc}",
             details={"reason": "handler_exception", "exception_type": type(exc).__name__,
@@ -437,18 +536,43 @@ class ReactorRuntime:
         )  # fmt: skip
         self._fail(job, failure, (time.perf_counter() - started) * 1000.0)
 
-    def _succeed(self, job: Job, result: Any, started: float) -> None:
+    def _succeed(self, job: Job, result: Any, started: float, usage: _Usage | float | None) -> None:
+        """Answer the RESULT; ``usage``: what the handler used (a float: CPU seconds on the
+        loop thread; a _Usage from a worker thread or process; None: not measured)."""
         spec = job.spec
-        duration_ms = (time.perf_counter() - started) * 1000.0
+        wall_s = time.perf_counter() - started
+        duration_ms = wall_s * 1000.0
         if not isinstance(result, dict):
             result = {"result": result}
         elif "processing_stats" in result:  # ours replaces a handler's own
             result = {k: v for k, v in result.items() if k != "processing_stats"}
+        if job.sealed is not None and self.cipher is not None:
+            # The answer travels sealed too; processing_stats stay clear for the gateway.
+            packet = job.msg.payload.packet
+            salt, iterations = job.sealed
+            try:
+                result = self.cipher.seal(result, packet.group, packet.element, result=True,
+                                          salt=salt, iterations=iterations)  # fmt: skip
+            except (TypeError, ValueError) as exc:
+                self._fail(job, ProcessingFailed(
+                    f"{spec.key} returned a value that is not JSON-serializable: {exc}",
+                    details={"reason": "result_not_serializable"}, retryable=False,
+                ), duration_ms)  # fmt: skip
+                return
         try:
-            # A new dict, so the handler's own (maybe shared) value is never modified, with
-            # processing_stats last: the gateway's relay cuts it off the end of the bytes.
-            stats = {"duration_ms": round(duration_ms, 3)}
-            body = encode_json({**result, "processing_stats": stats})
+            # processing_stats go last: the gateway's relay cuts them off the end of the
+            # bytes. Spliced in rather than added to a copy of the dict, so the result's
+            # own size is known for memory_used_mb and the handler's value is untouched.
+            encoded = encode_json(result)
+            packet = job.msg.payload.packet
+            if usage is None or type(usage) is float:
+                stats = processing_stats(wall_s, usage, len(packet.data), len(encoded))
+            else:
+                assert isinstance(usage, _Usage)
+                stats = processing_stats(wall_s, usage.cpu_s, len(packet.data), len(encoded),
+                                         usage.peak_growth, usage.single_thread)  # fmt: skip
+            sep = b'"processing_stats":' if encoded == b"{}" else b',"processing_stats":'
+            body = b"".join((encoded[:-1], sep, stats, b"}"))
         except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
             self._fail(job, ProcessingFailed(
                 f"{spec.key} returned a value that is not JSON-serializable: {exc}",
@@ -460,18 +584,45 @@ class ReactorRuntime:
         if len(body) > MAX_RESULT_BYTES:
             self._fail(job, result_too_large(spec.key, len(body), MAX_RESULT_BYTES), duration_ms)
             return
+        baseline = self.stats.elements.get(spec.key)
+        analysis = self._analysis(job, duration_ms, baseline.avg_ms if baseline else None)
         self.stats.record(spec.key, spec.group, duration_ms, None)
-        self._finish(job, self._result_payload(job, Raw(body)), None, False)
+        self._finish(job, self._result_payload(job, Raw(body), analysis), None, False)
 
-    async def _call_sync(self, spec: ElementSpec, data: Any, ctx: Context) -> Any:
+    def _analysis(self, job: Job, duration_ms: float, baseline_ms: float | None) -> dict[str, Any]:
+        """§4.2.2 chemical_analysis of a packet that succeeded (protocol/reaction.py)."""
+        packet = job.msg.payload.packet
+        hints = job.msg.routing_hints
+        affinity = hints.get("affinity_score") if hints else None
+        if type(affinity) is not float:  # the gateway always sends a float
+            affinity = packet_affinity(affinity, packet.group, self.config.specializations)
+        meta = packet.metadata
+        optimizations: list[str] = []
+        if meta and OPTIMIZATIONS_KEY in meta:
+            optimizations = applied_optimizations(meta)
+            if optimizations:
+                self.stats.optimized_packets += 1
+        span = job.deadline - job.received
+        left = (job.deadline - time.monotonic()) / span if span > 0 else 0.0
+        return chemical_analysis(affinity, left, duration_ms, baseline_ms, optimizations)
+
+    async def _call_sync(
+        self, spec: ElementSpec, data: Any, ctx: Context
+    ) -> tuple[Any, _Usage | float | None]:
+        """Run a sync handler off the loop; its result and what it used, measured where
+        it ran (its worker thread, or its worker process for ``cpu_bound``)."""
         loop = self._bind_loop()
         if spec.cpu_bound:
             ctx.gateway = ctx.runtime = None  # what crosses into a process must pickle
-            return await loop.run_in_executor(self._process_pool(), spec.handler, data, ctx)
-        result = await loop.run_in_executor(self._threads, spec.handler, data, ctx)
+            return await loop.run_in_executor(self._process_pool(), _measured_in_process,
+                                              spec.handler, data, ctx)  # fmt: skip
+        result, usage = await loop.run_in_executor(self._threads, _measured_on_thread,
+                                                   spec.handler, data, ctx)  # fmt: skip
         if inspect.isawaitable(result):  # a plain callable that returned a coroutine
+            cpu = time.thread_time()
             result = await result
-        return result
+            return result, time.thread_time() - cpu
+        return result, usage
 
     def _process_pool(self) -> ProcessPoolExecutor:
         if self._processes is None:
@@ -507,7 +658,7 @@ class ReactorRuntime:
         if job.done:
             return
         spec = job.spec
-        self.stats.record(spec.key, spec.group, duration_ms, err.code)
+        self.stats.record(spec.key, spec.group, duration_ms, err.code, err.retryable)
         self._finish(job, self._error_payload(err, job.packet_id), err.code, err.retryable)
 
     def _finish(self, job: Job, outcome: Outcome, code: str | None, retryable: bool) -> None:
@@ -515,6 +666,13 @@ class ReactorRuntime:
             return
         job.done = True
         self.running.discard(job)
+        meta = job.msg.payload.packet.metadata
+        if meta:
+            molecule_id = meta.get("molecule_id")
+            if isinstance(molecule_id, str):
+                self.stats.record_molecule_packet(
+                    molecule_id, len(job.msg.payload.packet.dependencies), code is None
+                )
         # Success and non-retryable failures are answered again on a repeat; a retryable
         # failure is forgotten so the packet may run anew (DESIGN §4).
         replayable = code is None or not retryable
@@ -530,8 +688,7 @@ class ReactorRuntime:
 
     # ------------------------------------------------------------------ replies
 
-    def _result_payload(self, job: Job, body: Raw) -> ResultPayload:
-        hints = job.msg.routing_hints
+    def _result_payload(self, job: Job, body: Raw, analysis: dict[str, Any]) -> ResultPayload:
         return ResultPayload(
             packet_id=job.packet_id,
             status="success",
@@ -541,10 +698,7 @@ class ReactorRuntime:
                 "load_factor": round(self.load_factor, 4),
                 "queue_depth": len(self.queue),
             },
-            chemical_analysis={
-                "affinity_score": hints.get("affinity_score") if hints else None,
-                "optimization_applied": False,
-            },
+            chemical_analysis=analysis,
             processed_at=now_ms(),
         )
 
@@ -583,6 +737,8 @@ class ReactorRuntime:
     # ------------------------------------------------------------------ lifecycle
 
     def begin_drain(self) -> None:
+        if not self.draining:
+            self.draining_since_ms = now_ms()
         self.draining = True
 
     async def drain(self, grace_s: float) -> bool:
@@ -643,61 +799,75 @@ class ReactorRuntime:
 
     def chemical_health(self) -> dict[str, Any]:
         """§9.1.3 chemical metrics from this reactor's own history."""
-        total = self.stats.processed
-        failed = sum(s.errors for s in self.stats.elements.values())
+        st = self.stats
         return {
-            "affinity_effectiveness": round(1.0 - self.stats.error_rate(), 4),
-            "bond_success_rate": round((total - failed) / total, 4) if total else 1.0,
-            "molecular_participation": self.molecules_seen,
-            "optimization_count": 0,
-            "packets_observed": total,
+            "affinity_effectiveness": round(1.0 - st.error_rate(), 4),
+            # Over bonds, not packets: bonds ending at molecule packets that ran here.
+            "bond_success_rate": round(st.bond_success_rate(), 4),
+            "bonds_observed": st.bonds_held + st.bonds_broken,
+            "molecular_participation": st.molecules,
+            "optimization_count": st.optimized_packets,
+            "packets_observed": st.processed,
         }
 
-    def heartbeat_payload(self) -> dict[str, Any]:
+    def heartbeat_payload(self) -> HeartbeatPayload:
+        """The §4.2.4 HEARTBEAT with §8.3 load_metrics, in the struct the gateway's health
+        rules read (``protocol.health.reported_in_heartbeat``)."""
         st = self.stats
         res = st.resources()
         avg, p99 = st.latency_summary()
         # §8.3 reports every group, idle ones as 0, so a gateway need not guess.
-        depths = dict.fromkeys(GROUPS, 0)
+        depths: dict[str, int] = dict.fromkeys(GROUPS, 0)
         for job in self.queue:
             group = job.msg.payload.packet.group
             depths[group] = depths.get(group, 0) + 1
-        return {
-            "reactor_id": self.config.reactor_id,
-            "implementation": self.config.implementation,
-            "specializations": list(self.config.specializations),
-            "health_status": {
-                "status": "degraded" if self.draining else "healthy",
-                "load_factor": round(self.load_factor, 4),
-                "queue_depth": len(self.queue),
-                "in_flight": self.in_flight,
-                "memory_usage_mb": res["memory_usage_mb"],
-                "cpu_usage_percent": res["cpu_usage_percent"],
-                "network_connections": res["network_connections"],
-                "uptime_seconds": round(st.uptime_s(), 1),
-                "last_error": st.last_error,
-            },
-            "performance_metrics": {
-                "packets_processed": st.processed,
-                "avg_processing_time_ms": round(avg, 3),
-                "p99_processing_time_ms": round(p99, 3),
-                "error_rate": round(st.error_rate(), 5),
-                "throughput_pps": round(st.throughput(), 3),
-                "errors_by_code": dict(st.errors_by_code),
-            },
-            "chemical_metrics": self.chemical_health(),
-            "capabilities": self.capabilities(),
-            "load_metrics": {
-                "current_load_factor": round(self.load_factor, 4),
-                "queue_depths": depths,
-                "processing_rates_pps": dict.fromkeys(GROUPS, 0.0) | st.group_rates(),
-                "resource_utilization": {
-                    "cpu_percent": res["cpu_usage_percent"],
-                    "memory_percent": res["memory_usage_percent"],
-                    "disk_usage_percent": res["disk_usage_percent"],
-                },
-            },
-        }
+        chem = self.chemical_health()
+        disk_io, network_io = st.io_utilization()
+        util = ResourceUtilization(
+            cpu_percent=res["cpu_usage_percent"],
+            memory_percent=res["memory_usage_percent"],
+            disk_usage_percent=res["disk_usage_percent"],
+            disk_io_percent=disk_io,
+            network_io_percent=network_io,
+        )
+        return HeartbeatPayload(
+            reactor_id=self.config.reactor_id,
+            implementation=self.config.implementation,
+            specializations=list(self.config.specializations),
+            health_status=HealthStatus(
+                status="degraded" if self.draining else "healthy",
+                load_factor=round(self.load_factor, 4),
+                queue_depth=len(self.queue),
+                in_flight=self.in_flight,
+                memory_usage_mb=res["memory_usage_mb"],
+                cpu_usage_percent=res["cpu_usage_percent"],
+                network_connections=res["network_connections"],
+                uptime_seconds=round(st.uptime_s(), 1),
+                last_error=st.last_error,
+            ),
+            performance_metrics=PerformanceMetrics(
+                packets_processed=st.processed,
+                avg_processing_time_ms=round(avg, 3),
+                p99_processing_time_ms=round(p99, 3),
+                error_rate=round(st.error_rate(), 5),
+                throughput_pps=round(st.throughput(), 3),
+                errors_by_code=dict(st.errors_by_code),
+            ),
+            chemical_metrics=ChemicalMetrics(**chem),
+            capabilities=self.capabilities(),
+            load_metrics=LoadMetrics(
+                current_load_factor=round(self.load_factor, 4),
+                queue_depths=depths,
+                processing_rates_pps=dict.fromkeys(GROUPS, 0.0) | st.group_rates(),
+                resource_utilization=util,
+            ),
+            capacity_adjustments=reactor_adjustments(
+                current_concurrency=self.config.max_concurrent_packets,
+                announced_concurrency=self.announced_concurrency,
+                util=util,
+                draining_since_ms=self.draining_since_ms if self.draining else None,
+            ),
+        )
 
     def announce_payload(self, endpoints: dict[str, str]) -> dict[str, Any]:
         """DISCOVER announce (§4.2.5) with the §8.2 capability advertisement."""
@@ -705,6 +875,7 @@ class ReactorRuntime:
         for spec in self.registry:
             by_group.setdefault(spec.group, []).append(spec)
         cfg = self.config
+        self.announced_concurrency = cfg.max_concurrent_packets
         return {
             "discovery_type": "announce",
             "reactor_info": {
@@ -757,6 +928,79 @@ class ReactorRuntime:
         done = [self.stats.elements[s.key] for s in specs if s.key in self.stats.elements]
         count = sum(s.processed for s in done)
         return sum(s.total_ms for s in done) / count if count else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Usage:
+    """CPU seconds a handler used and how far it raised the process's peak memory."""
+
+    cpu_s: float
+    peak_growth: int = 0  # bytes
+    single_thread: bool = True
+
+    def since(self, before: _Usage) -> _Usage:
+        """The usage between ``before`` and this reading (readings hold running totals)."""
+        return _Usage(self.cpu_s - before.cpu_s, max(0, self.peak_growth - before.peak_growth),
+                      self.single_thread)  # fmt: skip
+
+
+# ru_maxrss is in KiB on Linux (bytes on macOS, where this reads it too large: harmless).
+_RSS_UNIT = 1024
+_RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None) if resource else None
+
+
+def _reading(who: int) -> _Usage:
+    """Running totals for ``who`` (a RUSAGE_* constant): CPU seconds and peak RSS bytes."""
+    assert resource is not None
+    ru = resource.getrusage(who)
+    return _Usage(ru.ru_utime + ru.ru_stime, ru.ru_maxrss * _RSS_UNIT)
+
+
+def _thread_usage() -> _Usage:
+    """This thread's CPU and the process's peak RSS (on a worker thread)."""
+    if _RUSAGE_THREAD is None:
+        return _Usage(time.thread_time())
+    return _reading(_RUSAGE_THREAD)
+
+
+def _measured_on_thread(handler: Callable[..., Any], data: Any, ctx: Context) -> tuple[Any, _Usage]:
+    """Runs on a worker thread: the handler's result and the usage of that thread."""
+    before = _thread_usage()
+    result = handler(data, ctx)
+    return result, _thread_usage().since(before)
+
+
+def _measured_in_process(
+    handler: Callable[..., Any], data: Any, ctx: Context
+) -> tuple[Any, _Usage | None]:
+    """Runs in a worker process (``cpu_bound``): the result and that process's usage."""
+    if resource is None:
+        return handler(data, ctx), None
+    before = _reading(resource.RUSAGE_SELF)
+    result = handler(data, ctx)
+    used = _reading(resource.RUSAGE_SELF).since(before)
+    return result, _Usage(used.cpu_s, used.peak_growth, single_thread=False)
+
+
+def _check_properties(
+    group: str, priority: int, dependencies: int, stated: ChemicalPropertiesWire
+) -> None:
+    """Raise PF104 when ``stated`` disagrees with DESIGN §4's calculator (a comparison of
+    four floats when it agrees exactly, as a packetflow gateway's always do)."""
+    if stated == wire_properties(group, priority, dependencies):
+        return
+    wrong = property_mismatches(group, priority, dependencies, stated)
+    if wrong:
+        first = next(iter(wrong))
+        raise PropertyCalculationError(
+            f"chemical_properties disagree with the calculator for {group} at priority "
+            f"{priority} with {dependencies} dependencies: {', '.join(wrong)}",
+            field=f"payload.packet.chemical_properties.{first}",
+            expected_type=f"number within {PROPERTY_TOLERANCE} of {wrong[first]['expected']}",
+            received_type=repr(wrong[first]["received"]), validation_rule="property_calculation",
+            details={"mismatches": wrong, "tolerance": PROPERTY_TOLERANCE,
+                     "formula": "DESIGN §4 (PFAP property-calculator pseudocode)"},
+        )  # fmt: skip
 
 
 def _loop_time(loop: asyncio.AbstractEventLoop, monotonic_deadline: float) -> float:

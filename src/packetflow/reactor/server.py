@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,31 +22,52 @@ from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..client import AsyncClient
-from ..protocol.errors import InvalidPacket, PacketFlowError
+from ..framing import PfapWebSocketResponse, socket_limit, too_big_answer
+from ..protocol.authentication import (
+    DIAL_TOKEN_HEADER,
+    credential_in_query,
+    plaintext_bind_refusal,
+)
+from ..protocol.errors import (
+    AuthenticationFailed,
+    InvalidPacket,
+    PacketFlowError,
+    PermissionDenied,
+)
+from ..protocol.limits import MAX_FRAME_BYTES
 from ..protocol.messages import (
-    MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Discover,
     DiscoverPayload,
     FrameError,
     Heartbeat,
-    HeartbeatPayload,
     ReactorInfo,
     Submit,
     binary_frame_error,
     decode_frame,
     encode,
 )
-from ..transport import Peer, handshake_abandoned, new_message_id, now_ms
+from ..protocol.reactor_access import is_loopback_host
+from ..security.gatekeeper import denial, same_secret
+from ..security.tls import TlsConfig, peer_common_name
+from ..transport import (
+    DEFAULT_PING_INTERVAL_S,
+    DEFAULT_PONG_TIMEOUT_S,
+    Peer,
+    handshake_abandoned,
+    new_message_id,
+    now_ms,
+    set_pong_timeout,
+)
 from .elements import load_standard
 from .registry import Handler, Registry
 from .runtime import ReactorConfig, ReactorRuntime
 
 log = logging.getLogger("packetflow.reactor")
 
-# aiohttp closes the socket above this; frames between MAX_FRAME_BYTES and this get PF001
-# and the connection stays usable (DESIGN §3).
-SOCKET_MAX_MSG = 4 * MAX_FRAME_BYTES
+# DESIGN §8: 32 random bytes per announce, as the brief of the dial token asks.
+DIAL_TOKEN_BYTES = 32
+DIAL_TOKENS_KEPT = 2
 # How long a stopping reactor waits for the gateway to acknowledge its withdraw.
 WITHDRAW_TIMEOUT_S = 2.0
 
@@ -69,6 +92,7 @@ class Reactor:
         heartbeat_interval_s: float = 5.0,
         announce_interval_s: float = 60.0,
         data_dir: str | Path = "data",
+        memory_limit_mb: float | None = None,
         locality: str | None = None,
         grace_s: float = 10.0,
         standard_elements: bool = True,
@@ -76,17 +100,36 @@ class Reactor:
         multicast_group: str = "224.0.1.100",
         multicast_port: int = 9999,
         dnssd: bool = False,
+        payload_key_file: str | Path | None = None,
+        api_key: str | None = None,
+        api_key_file: str | None = None,
+        accept_tokens: Iterable[str] = (),
+        tls: TlsConfig | None = None,
+        gateway_ca: str | None = None,
+        insecure: bool = False,
+        ping_interval_s: float = DEFAULT_PING_INTERVAL_S,
+        pong_timeout_s: float = DEFAULT_PONG_TIMEOUT_S,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
     ) -> None:
+        """Security (DESIGN §8): ``api_key``/``api_key_file`` authenticate the announce
+        (else the SDK's lookup); the gateway that dials back must show the dial token of
+        an announce, one of ``accept_tokens`` (operator-configured, for static lists,
+        multicast and tests), or under mTLS a ``CN=gateway-*`` certificate. ``tls``
+        serves wss (with ``client_ca``: mTLS) and its certificate also authenticates this
+        reactor to a wss gateway; ``gateway_ca`` verifies that gateway."""
         config = ReactorConfig(
             specializations=tuple(specializations), gateway_url=gateway, host=host, port=port,
             implementation=implementation, heartbeat_interval_s=heartbeat_interval_s,
             announce_interval_s=announce_interval_s,
             data_dir=Path(data_dir), locality=locality, grace_s=grace_s,
+            memory_limit_mb=memory_limit_mb,
         )  # fmt: skip
         if reactor_id:
             config.reactor_id = reactor_id
         if max_concurrent_packets:
             config.max_concurrent_packets = max_concurrent_packets
+        if payload_key_file is not None:  # §11.3 end-to-end payload encryption
+            config.payload_key_file = Path(payload_key_file)
         self.config = config
         self.registry = Registry()
         if standard_elements:
@@ -104,6 +147,20 @@ class Reactor:
         self.multicast_port = multicast_port
         self.dnssd = dnssd
         self._advertisers: list[Any] = []  # each with an async close()
+        self.api_key, self.api_key_file = api_key, api_key_file
+        self.accept_tokens = tuple(t for t in accept_tokens if t)
+        self.tls = tls
+        self.gateway_ca = gateway_ca
+        self.insecure = insecure
+        # The tokens of the last announces: the newest, and the one before it for a dial
+        # that was already under way when we re-announced.
+        self._dial_tokens: deque[str] = deque(maxlen=DIAL_TOKENS_KEPT)
+        # §12.4.1 ping/pong on /ws: a gateway gone half-open is found and its link closed.
+        self.ping_interval_s = ping_interval_s
+        self.pong_timeout_s = pong_timeout_s
+        # DESIGN §3 / §12.4.1 max_frame_size of what /ws reads (results keep their own
+        # bound below the default, runtime.MAX_RESULT_BYTES).
+        self.max_frame_bytes = max_frame_bytes
 
     # ------------------------------------------------------------------ public API
 
@@ -120,26 +177,33 @@ class Reactor:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.config.host}:{self.port}/ws"
+        scheme = "wss" if self.tls is not None else "ws"
+        return f"{scheme}://{self.config.host}:{self.port}/ws"
 
     def endpoints(self) -> dict[str, str]:
-        base = f"http://{self.config.host}:{self.port}"
+        base = f"{'https' if self.tls is not None else 'http'}://{self.config.host}:{self.port}"
         return {"websocket": self.url, "http": base, "metrics": f"{base}/metrics",
                 "health": f"{base}/health"}  # fmt: skip
 
     async def start(self) -> None:
+        refusal = plaintext_bind_refusal("reactor", self.config.host, self.tls is not None,
+                                         self.insecure)  # fmt: skip
+        if refusal is not None:
+            raise PermissionDenied(refusal, validation_rule="tls_required")
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self._stopped = asyncio.Event()
         self.runtime = ReactorRuntime(self.config, self.registry)
         self.runtime.on_shutdown = self._shutdown_requested
         self.runtime.on_restart = self._restart_requested
-        app = web.Application()
+        app = web.Application(middlewares=[self._guard])
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
+        ssl_context = self.tls.server_context() if self.tls is not None else None
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True,
+                           ssl_context=ssl_context)  # fmt: skip
         await site.start()
         server = site._server
         assert server is not None and server.sockets  # type: ignore[attr-defined]
@@ -216,8 +280,13 @@ class Reactor:
 
     async def _connect_gateway(self) -> None:
         assert self.runtime is not None
+        tls = self.tls
         client = AsyncClient(self.config.gateway_url or "", source_id=self.reactor_id,
-                             reconnect=True, on_connect=self._announce)  # fmt: skip
+                             reconnect=True, on_connect=self._announce,
+                             api_key=self.api_key, api_key_file=self.api_key_file,
+                             ca_file=self.gateway_ca or (tls.client_ca if tls else None),
+                             cert=tls.cert if tls else None,
+                             key=tls.key if tls else None)  # fmt: skip
         self.runtime.gateway = client
         try:
             await client.connect()
@@ -242,6 +311,11 @@ class Reactor:
         assert self.runtime is not None
         payload = msgspec.convert(self.runtime.announce_payload(self.endpoints()),
                                   DiscoverPayload)  # fmt: skip
+        # A fresh token per announce (DESIGN §8): only the gateway we announced to can
+        # dial back, whoever else learns our address.
+        token = secrets.token_urlsafe(DIAL_TOKEN_BYTES)
+        self._dial_tokens.append(token)
+        payload = msgspec.structs.replace(payload, dial_token=token)
         msg = Discover(**client.envelope_fields(), payload=payload)
         reply = await client.request(msg, 10.0)
         log.info("reactor %s announced to %s (%s)", self.reactor_id, client.url,
@@ -292,7 +366,7 @@ class Reactor:
         rt = self.runtime
         if rt is None or not self._gateway_peers:
             return
-        payload = msgspec.convert(rt.heartbeat_payload(), HeartbeatPayload)
+        payload = rt.heartbeat_payload()
         for peer in list(self._gateway_peers):
             msg = Heartbeat(
                 protocol_version=PROTOCOL_VERSION, message_id=new_message_id(),
@@ -304,8 +378,10 @@ class Reactor:
     # ------------------------------------------------------------------ HTTP
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=SOCKET_MAX_MSG, decode_text=False,
-                                   compress=True, heartbeat=None)  # fmt: skip
+        ws = PfapWebSocketResponse(max_msg_size=socket_limit(self.max_frame_bytes),
+                                   decode_text=False,
+                                   compress=True, heartbeat=self.ping_interval_s)  # fmt: skip
+        set_pong_timeout(ws, self.pong_timeout_s)
         try:
             stream = await ws.prepare(request)
         except ConnectionResetError:  # the peer left during the handshake
@@ -315,6 +391,7 @@ class Reactor:
         from_gateway = request.query.get("role") == "gateway"
         peer = Peer(ws, f"reactor<-{request.remote}", stream, batch=from_gateway)
         peer.remote_id = request.query.get("source_id")
+        ws.answer_too_big(too_big_answer(self.reactor_id, peer.next_seq, self.max_frame_bytes))
         self._peers.add(peer)
         if from_gateway:
             self._gateway_peers.add(peer)
@@ -356,7 +433,7 @@ class Reactor:
     def _on_frame(self, peer: Peer, data: bytes) -> None:
         rt = self.runtime
         assert rt is not None
-        for item in decode_frame(data):
+        for item in decode_frame(data, self.max_frame_bytes):
             if isinstance(item, Submit):
                 rt.submit(item, peer)
             elif isinstance(item, FrameError):
@@ -389,12 +466,46 @@ class Reactor:
         )  # fmt: skip
         peer.send(encode(reply))
 
+    def _gateway_admitted(self, request: web.Request) -> bool:
+        """A gateway we announced to (its dial token), an operator's accept token, or a
+        verified ``CN=gateway-*`` client certificate."""
+        presented = request.headers.get(DIAL_TOKEN_HEADER)
+        if presented is not None and any(
+            same_secret(presented, t) for t in (*self._dial_tokens, *self.accept_tokens)
+        ):
+            return True
+        cn = peer_common_name(request.transport)
+        return cn is not None and cn.startswith("gateway-")
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Nobody reaches a reactor around the gateway (DESIGN §8): /ws only for an
+        admitted gateway; /metrics for an admitted gateway or a loopback scraper;
+        /health for anyone."""
+        bad = credential_in_query(request.query.keys())
+        if bad is not None:
+            return denial(InvalidPacket(f"Credentials are not accepted in the URL ({bad!r})",
+                                        field=f"query.{bad}",
+                                        validation_rule="no_credentials_in_url"), 400)  # fmt: skip
+        if request.path == "/health" or self._gateway_admitted(request):
+            return await handler(request)
+        if request.path == "/metrics" and is_loopback_host(request.remote or ""):
+            return await handler(request)
+        log.info("reactor %s refused %s from %s: no dial token", self.reactor_id, request.path,
+                 request.remote)  # fmt: skip
+        return denial(AuthenticationFailed(
+            "A reactor accepts work only from the gateway it announced to: present its "
+            f"{DIAL_TOKEN_HEADER}", field=DIAL_TOKEN_HEADER, validation_rule="dial_token",
+        ), 401)  # fmt: skip
+
     async def _health(self, request: web.Request) -> web.Response:
         rt = self.runtime
         assert rt is not None
-        body = rt.heartbeat_payload()
+        body = msgspec.json.encode(rt.heartbeat_payload())
         status = 503 if rt.draining else 200
-        return web.json_response(body, status=status)
+        return web.Response(body=body, status=status, content_type="application/json")
 
     async def _metrics(self, request: web.Request) -> web.Response:
         rt = self.runtime

@@ -449,14 +449,14 @@ def canonical(data: Any) -> str:
 
 
 def spread(eligible: list[str], replicas: int) -> list[list[str]]:
-    """For each replica, the reactors it must avoid so replicas land on different reactors:
-    replica i is meant for ``eligible[i % n]`` and avoids the reactors meant for the others
-    (reactors meant for no replica stay open to it, so it can still fail over)."""
+    """For each replica, the reactors it must avoid so replicas land on distinct reactors:
+    replica i is meant for ``eligible[i % n]`` and avoids every other eligible reactor.
+    Leaving a reactor meant for no replica open to all of them let the router send two
+    replicas to the same spare reactor (2 of 3 on one reactor with 5 available); a replica
+    whose reactor fails is resubmitted on a spare one by ``consensus`` instead."""
     if not eligible:
         return [[] for _ in range(replicas)]
-    target = [eligible[i % len(eligible)] for i in range(replicas)]
-    used = set(target)
-    return [sorted(used - {target[i]}) for i in range(replicas)]
+    return [[r for r in eligible if r != eligible[i % len(eligible)]] for i in range(replicas)]
 
 
 @dataclass(slots=True)
@@ -486,7 +486,8 @@ async def consensus(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     """co:consensus {packet, replicas=3, quorum=replicas//2+1} → the packet run ``replicas``
     times through the gateway, on different reactors where there are enough, results
     compared by ``canonical`` → {decision, votes: [{replica, packet_id, reactor_id,
-    agrees}], agreement, quorum, replicas}. Fewer than ``quorum`` agreeing is PF005
+    agrees}], agreement, quorum, replicas, distinct_reactors (reactors whose result
+    voted)}. Fewer than ``quorum`` agreeing is PF005
     ``no_quorum`` with the votes in ``error_details`` (retryable only if a replica failed)."""
     spec = parse_packet(require(data, "packet"))
     replicas = opt_int(data, "replicas", 1, MAX_REPLICAS) or 3
@@ -498,11 +499,12 @@ async def consensus(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     gateway = ctx.require_gateway()
     eligible = [r["reactor_id"] for r in await eligible_reactors(gateway, spec.key)]
     avoid = spread(eligible, replicas)
+    spares = eligible[replicas:]  # meant for no replica; least loaded first
     timeout_ms = spec.timeout_ms or _child_timeout_ms(ctx)
     ids = [child_id(ctx, "replica", i) for i in range(replicas)]
 
-    async def run(i: int) -> PacketResult:
-        prefs = {"avoid_reactors": avoid[i]} if avoid[i] else None
+    async def run(i: int, avoid_ids: list[str]) -> PacketResult:
+        prefs = {"avoid_reactors": avoid_ids} if avoid_ids else None
         return await gateway.submit(
             spec.group,
             spec.element,
@@ -513,7 +515,27 @@ async def consensus(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
             routing_preferences=prefs,
         )
 
-    outcomes = await asyncio.gather(*(run(i) for i in range(replicas)), return_exceptions=True)
+    outcomes: list[PacketResult | BaseException] = await asyncio.gather(
+        *(run(i, avoid[i]) for i in range(replicas)), return_exceptions=True
+    )
+    # A replica its reactor failed retryably (that reactor died, say) gets one more try on a
+    # spare reactor, so a lost reactor costs no vote while distinct reactors remain. The
+    # same packet id is fine: the gateway forgets retryable failures (DESIGN §4).
+    again = [
+        (i, spare)
+        for i, spare in zip(
+            (i for i, o in enumerate(outcomes) if isinstance(o, PacketFlowError) and o.retryable),
+            spares,
+            strict=False,
+        )
+    ]
+    if again:
+        retried = await asyncio.gather(
+            *(run(i, [r for r in eligible if r != spare]) for i, spare in again),
+            return_exceptions=True,
+        )
+        for (i, _), outcome in zip(again, retried, strict=True):
+            outcomes[i] = outcome
     votes: list[_Vote] = []
     for i, outcome in enumerate(outcomes):
         if isinstance(outcome, PacketFlowError):
@@ -536,6 +558,8 @@ async def consensus(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     agreeing = tally.get(winner, 0) if winner is not None else 0
     agreement = round(agreeing / replicas, 4)
     vote_dicts = [v.to_dict() for v in votes]
+    # Replicas on one reactor are one opinion, not several: say how many reactors voted.
+    distinct = len({v.reactor_id for v in votes if v.key is not None and v.reactor_id})
     if agreeing < quorum:
         raise ProcessingFailed(
             f"co:consensus reached no quorum: {agreeing} of {replicas} replicas agree, "
@@ -547,6 +571,7 @@ async def consensus(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
                 "quorum": quorum,
                 "replicas": replicas,
                 "distinct_results": len(tally),
+                "distinct_reactors": distinct,
             },
             retryable=any(v.error is not None for v in votes),
         )
@@ -557,6 +582,7 @@ async def consensus(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
         "agreement": agreement,
         "quorum": quorum,
         "replicas": replicas,
+        "distinct_reactors": distinct,
         "reactor_ids": sorted({v.reactor_id for v in votes if v.reactor_id}),
     }
 

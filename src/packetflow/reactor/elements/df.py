@@ -999,13 +999,11 @@ def _csv_cell(text: str) -> Any:
 
 
 def _file_error(message: str, reason: str, rel: str, **extra: Any) -> ProcessingFailed:
-    """PF005 for a file that is missing or unreadable; only a missing file is retryable
-    (another reactor's data dir may have it)."""
-    return ProcessingFailed(
-        message,
-        details={"reason": reason, "path": rel, **extra},
-        retryable=reason == "file_not_found",
-    )
+    """PF005 for a file that is missing, unreadable or malformed: the client's mistake, not
+    retryable (a retry took 15-30 s to fail the same way on every reactor and degraded
+    them all); ``protocol.errors.is_client_error`` keeps it out of reactor health."""
+    return ProcessingFailed(message, details={"reason": reason, "path": rel, **extra},
+                            retryable=False)  # fmt: skip
 
 
 def _parse_file(text: str, fmt: str, rel: str, delimiter: str, infer: bool) -> list[Any]:
@@ -1055,8 +1053,8 @@ def load(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     empty cells become null) or take inline ``rows``. A JSON file holding an array gives its
     items as rows, any other value gives one row.
 
-    Raises PF002 on ``source`` (scheme, path_escape, file_format), PF005 when the file is
-    missing (retryable), unreadable, too large or malformed (not retryable).
+    Raises PF002 on ``source`` (scheme, path_escape, file_format), PF005 (not retryable)
+    when the file is missing, unreadable, too large or malformed.
     """
     if "source" in data and "rows" in data:
         raise bad("rows", "absent when source is given", data["rows"], "mutually_exclusive")

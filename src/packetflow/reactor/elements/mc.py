@@ -668,6 +668,8 @@ async def optimize(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
 
 async def update_affinity(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     """mc:update_affinity (PFAP §6.4 data) → the gateway's new matrix version."""
+    if "rollback_to" in data and "matrix_updates" not in data:
+        return await forward_to_gateway("update_affinity", data, ctx)  # §6.4 manual rollback
     if "matrix_updates" not in data:
         raise missing("matrix_updates")
     if not isinstance(data["matrix_updates"], dict):
@@ -742,7 +744,9 @@ def register(registry: Registry) -> None:
             "matrix_updates": "{group: {specialization: affinity}}",
             "version": "string",
             "effective_date": "epoch ms (optional)",
-            "rollback_policy": "string (optional)",
+            "rollback_policy": "none | manual | automatic | gradual_rollout | "
+            "{type, success_rate_threshold, min_samples, observation_window_ms} (optional)",
+            "rollback_to": "version to restore instead of an update (admin; optional)",
         },
         result="the new matrix version (served by the gateway)",
     )(update_affinity)

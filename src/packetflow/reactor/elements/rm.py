@@ -26,6 +26,7 @@ from weakref import WeakKeyDictionary
 
 import psutil
 
+from ...protocol import resources
 from ...protocol.errors import PacketFlowError
 from ...protocol.resources import DEFAULT_LEASE_MS, Capacity, ResourceLedger
 from ...transport import now_ms
@@ -43,9 +44,8 @@ if TYPE_CHECKING:
 # Capacity rm:allocate leases out; None = measure this machine (module doc).
 MEMORY_CAPACITY_MB: float | None = None
 CPU_SLOTS: int | None = None
-# CPU slots per core when CPU_SLOTS is None: handlers mostly wait on I/O, so a core serves
-# several leases (the same reasoning as a thread pool sized at a multiple of the cores).
-CPU_SLOTS_PER_CORE = 4
+# CPU slots per core when CPU_SLOTS is None (protocol.resources explains the figure).
+CPU_SLOTS_PER_CORE = resources.CPU_SLOTS_PER_CORE
 # rm:scale / mc:adapt bounds for max_concurrent_packets: above 10,000 tasks the event loop's
 # scheduling overhead dominates on one core.
 MIN_CONCURRENT = 1
