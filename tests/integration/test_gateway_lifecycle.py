@@ -203,17 +203,19 @@ def _post(node: Node, path: str, body: dict[str, Any]) -> int:
 
 
 async def test_sigterm_drains_every_packet_then_closes_1001(cluster: Cluster) -> None:
-    """SIGTERM with two packets in flight and four queued: what finishes within the grace
-    period is answered with its result, the rest PF503 retry_possible; new work is refused
+    """SIGTERM with two packets in flight (one under pressure) and the rest queued: what
+    finishes within the grace period is answered with its result, the rest PF503
+    retry_possible; new work is refused
     (SUBMIT PF503, WebSocket upgrade and POST 503, /health/ready 503); then the client's
     connection closes with 1001 and the process exits 0 (a raw client just saw close 1000
     and lost every packet)."""
-    gateway = cluster.gateway("--drain-grace", "6")
+    gateway = cluster.gateway("--drain-grace", "8")
     # --grace: the reactor still runs m4 and m5 when the test stops it.
     cluster.reactor(gateway, "--id", "slow", "--max-concurrent", "2", "--grace", "0.5", *SLOW)
-    # m1, m2 run; m3 runs after them. 2.5 s: the poll below must see the 2 + 4 state on a
-    # loaded CI machine, and m3 must still finish well inside the 6 s grace.
-    quick = {"m1": 2.5, "m2": 2.5, "m3": 0.1}
+    # m1, m2 run; m3 runs after them. On a loaded CI host the reactor may report resource
+    # pressure and the gateway then runs one at a time (§8.3): m1, m2, m3 one after the
+    # other still end 4 s before the 8 s grace does.
+    quick = {"m1": 2.0, "m2": 2.0, "m3": 0.1}
     stuck = {"m4": 120.0, "m5": 120.0, "m6": 120.0}  # m4, m5 run when slots free; m6 waits
     replies: dict[str, dict[str, Any]] = {}
     async with (
@@ -222,8 +224,9 @@ async def test_sigterm_drains_every_packet_then_closes_1001(cluster: Cluster) ->
     ):
         for message_id, seconds in {**quick, **stuck}.items():
             await ws.send_str(_sleep_submit(message_id, seconds))
-        await _wait(lambda: (lambda h: h["in_flight"] == 2 and h["queue_depth"] == 4)(
-            gateway.get("/health")), 15, "two in flight, four queued")  # fmt: skip
+        await _wait(lambda: (lambda h: h["in_flight"] >= 1
+                             and h["in_flight"] + h["queue_depth"] == 6)(
+            gateway.get("/health")), 15, "m1 running, the others in flight or queued")  # fmt: skip
 
         gateway.proc.send_signal(signal.SIGTERM)
         await _wait(lambda: _http(gateway, "/health")[1]["stopping"], 10, "draining")
