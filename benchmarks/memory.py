@@ -16,6 +16,7 @@ import psutil
 from aiohttp import WSMsgType
 
 from packetflow.runner import event_loop_factory
+from packetflow.transport import DEFAULT_MAX_REQUESTS_PER_CONNECTION
 
 from .fleet import Fleet
 from .harness import Procs, credentials, stats, wait_linked
@@ -54,12 +55,15 @@ def _rss(pid: int) -> int:
 
 
 async def _submit_all(url: str, n: int) -> aiohttp.ClientSession:
-    """Send ``n`` held packets on one connection; the session stays open (closing it
-    would not drop the queue, but keeping it is what a waiting client does)."""
+    """Send ``n`` held packets, at most the gateway's per-connection cap of unanswered
+    requests on each connection; the session stays open (closing it would not drop the
+    queue, but keeping it is what waiting clients do)."""
     session = aiohttp.ClientSession()
-    ws = await session.ws_connect(url, decode_text=False, max_msg_size=0, headers=credentials(url))
-    for i in range(n):
-        await ws.send_frame(HOLD_TEMPLATE % (i, i), WSMsgType.TEXT)
+    for first in range(0, n, DEFAULT_MAX_REQUESTS_PER_CONNECTION):
+        ws = await session.ws_connect(url, decode_text=False, max_msg_size=0,
+                                      headers=credentials(url))  # fmt: skip
+        for i in range(first, min(n, first + DEFAULT_MAX_REQUESTS_PER_CONNECTION)):
+            await ws.send_frame(HOLD_TEMPLATE % (i, i), WSMsgType.TEXT)
     return session
 
 

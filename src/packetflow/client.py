@@ -401,7 +401,7 @@ class AsyncClient:
         packet = Packet(
             group=group,  # type: ignore[arg-type]
             element=element, id=packet_id, priority=priority, timeout_ms=timeout_ms,
-            dependencies=dependencies or [], metadata=metadata,
+            dependencies=tuple(dependencies or ()), metadata=metadata,
             data=msgspec.Raw(encode_json(self._seal(group, element, data))),
         )  # fmt: skip
         fields = self.envelope_fields()

@@ -340,7 +340,7 @@ async def test_dataflow_fills_metadata_inputs_and_completes(
     await settle()
     b, c = gateway.find("b"), gateway.find("c")
     assert b.packet.metadata["inputs"] == {"a": {"result": [1, 2]}}
-    assert b.packet.dependencies == ["a"]
+    assert b.packet.dependencies == ("a",)
     assert c.prefer == "r2"  # covalent pairs prefer the source's reactor (DESIGN §7)
     assert b.prefer is None
     succeed(b, {"result": "B"})

@@ -425,7 +425,7 @@ def test_wire_example_message_1_decodes_to_submit(as_text: bool) -> None:
     assert packet.element == "transform"
     assert packet.priority == 7
     assert packet.timeout_ms == 30000
-    assert packet.dependencies == []
+    assert packet.dependencies == ()
     assert packet.metadata is None
     assert packet.chemical_properties is None
     assert messages.decode_json(packet.data) == {
@@ -883,7 +883,7 @@ def test_round_trip_of_constructed_messages() -> None:
                     data=msgspec.Raw(b'{"resources":{"memory_mb":64}}'),
                     priority=8,
                     timeout_ms=30_000,
-                    dependencies=["p0"],
+                    dependencies=("p0",),
                 ),
                 routing_preferences=messages.RoutingPreferences(
                     preferred_implementation="python", minimum_affinity=0.7, affinity_boost=0.1

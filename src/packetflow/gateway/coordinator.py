@@ -1309,7 +1309,7 @@ class MoleculeCoordinator:
                     group=cast(Any, packet.group), element=packet.element,
                     id=self._wire_id(state, packet_id), data=Raw(encode_json(packet.data)),
                     priority=packet.priority, timeout_ms=timeout_ms,
-                    dependencies=state.incoming[packet_id],
+                    dependencies=tuple(state.incoming[packet_id]),
                     metadata=self._metadata(state, packet_id, inputs, attempt),
                 ),
                 routing_preferences=prefs,

@@ -66,13 +66,16 @@ _REFUSALS: Final[dict[str, str]] = {
 @contextlib.contextmanager
 def _raw_defaults_encodable() -> Iterator[None]:
     """msgspec's schema generator writes field defaults with ``to_builtins``, which cannot
-    encode ``msgspec.Raw`` (Packet.data defaults to a Raw ``{}``); during generation a
-    Raw default is written as the JSON value it holds."""
+    encode ``msgspec.Raw`` (Packet.data defaults to a Raw ``{}``) and keeps a tuple
+    default (Packet.dependencies' ``()``) a tuple; during generation a Raw default is
+    written as the JSON value it holds and a tuple as the array it is on the wire."""
     original = _msgspec_json_schema.to_builtins  # type: ignore[attr-defined]
 
     def to_builtins(obj: Any, **kwargs: Any) -> Any:
         if isinstance(obj, msgspec.Raw):
             return msgspec.json.decode(obj)
+        if isinstance(obj, tuple):
+            return list(original(obj, **kwargs))
         return original(obj, **kwargs)
 
     _msgspec_json_schema.to_builtins = to_builtins  # type: ignore[attr-defined]

@@ -70,6 +70,7 @@ from ..protocol.messages import (
     decode_json,
     encode,
     error_envelope,
+    stored_compact,
 )
 from ..protocol.permissions import (
     REACTOR_ANNOUNCE,
@@ -1195,6 +1196,7 @@ class Gateway:
         flight.entry = queue.push(flight, flight.priority, flight.arrival)
         if flight.entry is not None:
             flight.arrival = flight.entry.seq
+        stored_compact(flight.msg)  # a queue can hold 100,000 of them
         self._advance(flight, PacketEvent.ENQUEUED)
         self.queued += 1
         self.metrics.queue_depth.set(self.queued)
