@@ -823,8 +823,9 @@ class ReactorRuntime:
             depths[group] = depths.get(group, 0) + 1
         chem = self.chemical_health()
         disk_io, network_io = st.io_utilization()
+        cpu = st.heartbeat_cpu_percent()
         util = ResourceUtilization(
-            cpu_percent=res["cpu_usage_percent"],
+            cpu_percent=cpu,
             memory_percent=res["memory_usage_percent"],
             disk_usage_percent=res["disk_usage_percent"],
             disk_io_percent=disk_io,
@@ -840,7 +841,7 @@ class ReactorRuntime:
                 queue_depth=len(self.queue),
                 in_flight=self.in_flight,
                 memory_usage_mb=res["memory_usage_mb"],
-                cpu_usage_percent=res["cpu_usage_percent"],
+                cpu_usage_percent=cpu,
                 network_connections=res["network_connections"],
                 uptime_seconds=round(st.uptime_s(), 1),
                 last_error=st.last_error,

@@ -150,6 +150,7 @@ class ReactorStats:
         self._memory_checked_at = -math.inf
         self._memory_percent = 0.0
         self._last_io: IoSample | None = None
+        self._last_cpu: tuple[float, float] | None = None  # (monotonic s, CPU s used)
         self._nic_speeds: dict[str, float] = {}
         self._process = psutil.Process(os.getpid())
         self._process.cpu_percent(None)  # prime: the first call always answers 0.0
@@ -263,6 +264,20 @@ class ReactorStats:
         figures = io_utilization(self._last_io, sample)
         self._last_io = sample
         return figures
+
+    def heartbeat_cpu_percent(self) -> float | None:
+        """This process's CPU (percent of one core) since the previous call, None on the
+        first: the reactor calls it once per HEARTBEAT, so the figure covers the whole
+        time between two heartbeats. psutil's cpu_percent(None) measures since *any*
+        caller's last call, and a cf:health probe a few ms before a heartbeat made that
+        interval a burst reading 100 %: §8.3 cpu_pressure on an idle reactor, and the
+        gateway halved its capacity."""
+        times = self._process.cpu_times()
+        sample = (time.monotonic(), times.user + times.system)
+        last, self._last_cpu = self._last_cpu, sample
+        if last is None or sample[0] <= last[0]:
+            return None
+        return round(100.0 * float(sample[1] - last[1]) / (sample[0] - last[0]), 2)
 
     def resources(self) -> dict[str, Any]:
         """Process and host figures from psutil: for reports, never per packet."""
