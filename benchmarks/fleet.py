@@ -21,6 +21,7 @@ from packetflow.protocol.messages import (
     decode_frame,
     encode,
 )
+from packetflow.transport import Peer
 
 
 class Fleet:
@@ -70,20 +71,25 @@ class Fleet:
         rid = request.match_info["rid"]
         body = b'{"status":"healthy","reactor_id":"%s"}' % rid.encode()
         ws = web.WebSocketResponse(max_msg_size=0)
-        await ws.prepare(request)
+        # Written through packetflow's transport, as a real reactor writes: permessage-
+        # deflate is negotiated but small frames leave uncompressed (aiohttp's send_str
+        # would deflate each, and the gateway would hold a 32 KiB inflate window per link
+        # that no packetflow reactor makes it allocate).
+        peer = Peer(ws, f"fleet-{rid}", await ws.prepare(request))
         self._open.add(ws)
         async for frame in ws:
             if frame.type != WSMsgType.TEXT:
                 continue
             for item in decode_frame(frame.data):
                 if isinstance(item, Submit) and item.payload.packet.element not in self.silent:
-                    await ws.send_str(encode(Result(
+                    peer.send(encode(Result(
                         protocol_version=PROTOCOL_VERSION, message_id=f"r-{item.message_id}",
                         timestamp=int(time.time() * 1000), source_id=rid,
                         correlation_id=item.message_id,
                         payload=ResultPayload(packet_id=item.payload.packet.id,
                                               status="success",
                                               data=msgspec.Raw(body)),
-                    )).decode())  # fmt: skip
+                    )))  # fmt: skip
         self._open.discard(ws)
+        await peer.close()
         return ws

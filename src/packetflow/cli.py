@@ -325,18 +325,21 @@ def gateway(ctx: click.Context, /, host: str, port: int, gateway_id: str | None,
     from .runner import configure_logging, run_main
     from .security.files import read_secret
     from .security.gatekeeper import SecurityConfig
-    from .security.tokens import JwtVerifier
 
     configure_logging(ctx.obj["log_level"])
     tls = _tls_config(tls_cert, tls_key, tls_client_ca)
     _refuse_plaintext("gateway", host, tls, insecure)
     if port and not _port_free(host, port):  # before any key or journal is made
         _die(_port_in_use(host, port))
-    try:
-        jwt = JwtVerifier.from_files(jwt_secret_file, jwt_public_key_file, jwt_issuer,
-                                     jwt_audience)  # fmt: skip
-    except (OSError, ValueError) as exc:
-        raise click.UsageError(f"cannot load the JWT key: {exc}") from None
+    jwt = None
+    if jwt_secret_file or jwt_public_key_file:  # PyJWT costs 8 MiB: only when asked for
+        from .security.tokens import JwtVerifier
+
+        try:
+            jwt = JwtVerifier.from_files(jwt_secret_file, jwt_public_key_file, jwt_issuer,
+                                         jwt_audience)  # fmt: skip
+        except (OSError, ValueError) as exc:
+            raise click.UsageError(f"cannot load the JWT key: {exc}") from None
     security = SecurityConfig(data_dir=Path(data_dir), jwt=jwt, tls=tls,
                               allowed_subjects=allowed_subjects or DEFAULT_ALLOWED_SUBJECTS,
                               allowed_origins=allowed_origins)  # fmt: skip

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, web
 
@@ -32,7 +32,11 @@ from ..protocol.principals import Principal
 from ..protocol.reactor_access import is_reactor_only
 from .keystore import KeyStore
 from .tls import TlsConfig, peer_common_name
-from .tokens import JwtVerifier
+
+if TYPE_CHECKING:
+    # PyJWT (and the cryptography it loads) costs 8 MiB of every gateway's memory; only
+    # one started with --jwt-* imports it (cli.py).
+    from .tokens import JwtVerifier
 
 log = logging.getLogger("packetflow.security")
 
