@@ -768,6 +768,10 @@ async def test_heartbeat_payload_carries_4_2_4_and_8_3_load_metrics(h: Harness) 
         raise invalid_field("payload.packet.data.x", "integer", "string", "type")
 
     rt = h.start()
+    # The first beat has no CPU figure: it is measured between two beats.
+    first = rt.heartbeat_payload().load_metrics
+    assert first is not None and first.resource_utilization is not None
+    assert first.resource_utilization.cpu_percent is None
     await h.ping()
     await h.call("df", "flaky")
     await h.call("df", "picky")
