@@ -54,20 +54,21 @@ DEPTHS = [MAX_JSON_DEPTH - 6, MAX_JSON_DEPTH - 4, MAX_JSON_DEPTH - 3, MAX_JSON_D
 PLACEHOLDER = "@@raw@@{}@@"
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path (keys and indexes) into a decoded JSON value, the root included."""
     out = [prefix]
     if isinstance(value, dict):
         for key, child in value.items():
-            out.extend(_paths(child, (*prefix, key)))
+            out.extend(paths(child, (*prefix, key)))
     elif isinstance(value, list):
         for index, child in enumerate(value):
-            out.extend(_paths(child, (*prefix, index)))
+            out.extend(paths(child, (*prefix, index)))
     return out
 
 
 def _seed_table() -> list[tuple[str, list[tuple[Any, ...]]]]:
     if not _SEEDS:
-        _SEEDS.extend((json.dumps(doc), _paths(doc)) for doc in SEED_DOCS)
+        _SEEDS.extend((json.dumps(doc), paths(doc)) for doc in SEED_DOCS)
     return _SEEDS
 
 

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 
 from packetflow.protocol import errors, messages
 
+from ..frame_mutations import paths
+
 CORPUS_DIR = Path(__file__).resolve().parents[1] / "corpus"
 CORPUS = sorted(CORPUS_DIR.glob("*.json"))
 MESSAGE_CLASSES = (
@@ -139,23 +141,12 @@ SEEDS: list[Any] = [
 ]
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(value, dict):
-        for key, child in value.items():
-            out.extend(_paths(child, (*prefix, key)))
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            out.extend(_paths(child, (*prefix, index)))
-    return out
-
-
 @st.composite
 def mutated_envelopes(draw: st.DrawFn) -> Any:
     """A valid spec envelope with a few fields replaced, deleted or added."""
     doc = copy.deepcopy(draw(st.sampled_from(SEEDS)))
     for _ in range(draw(st.integers(min_value=1, max_value=4))):
-        path = draw(st.sampled_from(_paths(doc)))
+        path = draw(st.sampled_from(paths(doc)))
         if not path:
             continue
         parent = doc

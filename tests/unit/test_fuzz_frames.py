@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from packetflow.protocol import errors, messages
 from packetflow.protocol.limits import MAX_BATCH, MAX_FRAME_DEPTH, MAX_JSON_DEPTH
 
-from ..frame_mutations import SEED_DOCS, Mutator
+from ..frame_mutations import SEED_DOCS, Mutator, paths
 from .test_corpus import check_invariant
 
 FUZZ_SEED = int(os.environ.get("PF_FUZZ_SEED", "20261204"))
@@ -132,23 +132,12 @@ deep_values = st.builds(
 )
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(value, dict):
-        for key, child in value.items():
-            out.extend(_paths(child, (*prefix, key)))
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            out.extend(_paths(child, (*prefix, index)))
-    return out
-
-
 @st.composite
 def broken_envelopes(draw: st.DrawFn) -> Any:
     """A seed envelope with one to three values replaced at any path."""
     doc = json.loads(json.dumps(draw(st.sampled_from(SEED_DOCS))))
     for _ in range(draw(st.integers(min_value=1, max_value=3))):
-        path = draw(st.sampled_from(_paths(doc)))
+        path = draw(st.sampled_from(paths(doc)))
         if not path:
             continue
         parent = doc

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..protocol.chemistry import GROUP_PROPERTIES, STANDARD_MATRIX, chemical_properties
+from ..protocol.errors import json_type
 
 # §4.1: the fields every envelope carries, with their JSON types.
 REQUIRED_ENVELOPE: Final[Mapping[str, str]] = {
@@ -66,25 +67,6 @@ def passed(expected: str, received: str = PASS_NOTE) -> Verdict:
 
 def failed(expected: str, received: str) -> Verdict:
     return Verdict(False, expected, received)
-
-
-def json_type(value: Any) -> str:
-    """The JSON name of a decoded value's type (bool is not an integer on the wire)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
 
 
 def _is(value: Any, expected: str) -> bool:
