@@ -220,6 +220,31 @@ async def test_coordinate_messages_correlate_to_the_initiate(mc: Molecules) -> N
     assert entry["status"] == "success" and entry["duration_ms"] >= 0
 
 
+async def test_progress_updates_false_sends_the_ack_and_the_end_only(mc: Molecules) -> None:
+    chain = [pk("a", "transform", {"input": "x", "operation": "uppercase"}),
+             pk("b", "transform", {"operation": "lowercase"})]  # fmt: skip
+    quiet = {**initiate(mid("quiet"), chain, [bond("a", "b")]), "progress_updates": False}
+    seen, final = await run_ws(mc.gateway.url, quiet)
+    assert [p["coordination_type"] for p in seen] == ["initiate", "complete"]
+    assert final["status"] == "success" and final["results"]["b"]["result"] == "x"
+    # A wrong type is refused before the molecule starts, naming the field.
+    m = mid("quiet-bad")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(mc.gateway.url, headers=mc.gateway.auth_headers()) as ws,
+    ):
+        await ws.send_str(json.dumps({
+            "protocol_version": "1.0", "message_type": "coordinate", "message_id": f"msg_{m}",
+            "timestamp": 1640995200000, "source_id": "client-raw",
+            "payload": {**initiate(m, chain, [bond("a", "b")]), "progress_updates": "no"},
+        }))  # fmt: skip
+        reply = json.loads((await ws.receive(timeout=10)).data)
+    assert reply["message_type"] == "error", reply
+    assert reply["payload"]["error_code"] == "PF002"
+    assert reply["payload"]["error_details"]["field"] == "payload.progress_updates"
+    assert http(mc.gateway, "GET", f"/v1/molecules/{m}")[0] == 404
+
+
 # ---------------------------------------------------------------- bond semantics
 
 

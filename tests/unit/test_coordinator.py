@@ -374,6 +374,32 @@ async def test_progress_coalesces_changes_within_one_iteration(
     assert progress["performance_metrics"]["elapsed_time_ms"] >= 0
 
 
+async def test_progress_updates_false_pushes_only_the_ack_and_the_end(
+    env: tuple[MoleculeCoordinator, FakeGateway],
+) -> None:
+    coordinator, gateway = env
+    quiet = initiate("m3q", [pk(p) for p in "abc"], [bond("a", "b"), bond("b", "c")])
+    quiet.payload.progress_updates = False
+    chatty = send(coordinator, initiate("m3c", [pk(p) for p in "abc"],
+                                        [bond("a", "b"), bond("b", "c")]))  # fmt: skip
+    peer = send(coordinator, quiet)
+    for step in range(3):
+        await settle()
+        for sent in [s for s in gateway.sent if s.packet.id.endswith(f":{'abc'[step]}")]:
+            succeed(sent, {"result": step})
+    await settle()
+    kinds = [p["coordination_type"] for p in peer.payloads()]
+    assert kinds == ["initiate", "complete"]
+    assert peer.payloads()[-1]["status"] == "success"
+    # The default still reports every step (DESIGN §7).
+    assert [p["coordination_type"] for p in chatty.payloads()] == [
+        "initiate",
+        "progress",
+        "progress",
+        "complete",
+    ]
+
+
 async def test_retry_avoids_the_reactor_that_failed(
     env: tuple[MoleculeCoordinator, FakeGateway],
 ) -> None:

@@ -259,6 +259,13 @@ class _Initiator:
     sink: _Sink
     message_id: str
     source_id: str
+    # False (payload.progress_updates): only the acknowledgement and the final complete
+    # or abort are pushed, which saves the gateway and the client a frame per step.
+    progress: bool = True
+
+    @classmethod
+    def of(cls, peer: Peer, msg: Coordinate) -> _Initiator:
+        return cls(peer, msg.message_id, msg.source_id, msg.payload.progress_updates is not False)
 
 
 @dataclass(slots=True, eq=False)
@@ -306,6 +313,9 @@ class MoleculeCoordinator:
         self.active: dict[str, _Molecule] = {}
         self.finished: OrderedDict[str, _Molecule] = OrderedDict()
         self.journal: MoleculeJournal | None = None
+        # The same journal when it is networked (NATS), decided once: an isinstance check
+        # against a runtime Protocol costs ~30 µs, too much for every commit.
+        self._async_journal: AsyncJournal | None = None
         self.journal_errors = 0
         self.journal_failure: str | None = None  # why the last failed commit failed
         # Molecules stopped by a failed commit whose finish is not written yet: written
@@ -352,6 +362,7 @@ class MoleculeCoordinator:
             log.error("%s; molecules are disabled", exc)
             return
         self.journal = journal
+        self._async_journal = journal if isinstance(journal, AsyncJournal) else None
         for item in stored:
             try:
                 self._resume(item)
@@ -395,7 +406,7 @@ class MoleculeCoordinator:
             task.cancel()
         if self.journal is not None:
             self.journal.close()
-            self.journal = None
+            self.journal = self._async_journal = None
 
     # ------------------------------------------------------------------ WebSocket
 
@@ -455,7 +466,7 @@ class MoleculeCoordinator:
 
     def _ws_initiate(self, peer: Peer, msg: Coordinate) -> None:
         obj = msgspec.to_builtins(msg.payload)
-        initiator = _Initiator(peer, msg.message_id, msg.source_id)
+        initiator = _Initiator.of(peer, msg)
         state = self.initiate(obj, path="payload", initiator=initiator,
                               initiated_by=msg.message_id)  # fmt: skip
         self._owned(state.molecule_id, peer)
@@ -536,7 +547,7 @@ class MoleculeCoordinator:
         answer is the initiate acknowledgement, then progress and complete as for
         ``initiate``."""
         obj = msgspec.to_builtins(msg.payload)
-        initiator = _Initiator(peer, msg.message_id, msg.source_id)
+        initiator = _Initiator.of(peer, msg)
         if "molecular_structure" not in obj and "packets" not in obj:
             mid = _required_id(obj.get("molecule_id"), "payload.molecule_id")
             held = self.holds.get(mid)
@@ -1090,8 +1101,8 @@ class MoleculeCoordinator:
         dirty, self._dirty = self._dirty, set()
         recorded, self._recorded = self._recorded, set()
         self._rewrite_finishes()
-        journal = self.journal
-        if isinstance(journal, AsyncJournal):
+        journal = self._async_journal
+        if journal is not None:
             # A networked journal (NATS): commit off the loop's turn, act when it answers.
             actions, self._actions = self._actions, []
             self._committing = True
@@ -1469,7 +1480,7 @@ class MoleculeCoordinator:
     def _progress(self, state: _Molecule) -> None:
         """Push progress now, or for a large molecule at most every PROGRESS_MIN_INTERVAL_S
         (a trailing push carries the latest state)."""
-        if state.initiator is None:
+        if state.initiator is None or not state.initiator.progress:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -1783,9 +1794,9 @@ class MoleculeCoordinator:
             payload = self.status(request.match_info["molecule_id"], path="molecule_id")
         except UnknownMolecule as err:
             # Cluster mode: another gateway runs (or ran) it; the shared journal knows.
-            journal = self.journal
+            journal = self._async_journal
             stored = None
-            if isinstance(journal, AsyncJournal):
+            if journal is not None:
                 try:
                     stored = await journal.load_async(mid)
                 except JournalError as exc:

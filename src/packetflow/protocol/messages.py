@@ -309,6 +309,9 @@ class CoordinatePayload(msgspec.Struct, omit_defaults=True):
     results: dict[str, Any] | None = None
     status: str | None = None
     error: dict[str, Any] | None = None
+    # initiate/execute: false asks for no progress pushes, only the acknowledgement and
+    # the final complete/abort (DESIGN §7 pushes progress on every change by default).
+    progress_updates: bool | None = None
 
 
 # ---------------------------------------------------------------- the envelope (§4.1)
