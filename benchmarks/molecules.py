@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .harness import Procs, measure, wait_linked
+from .harness import Procs, alternate, measure, stats, wait_linked
 
 # The workload: sequential 4-stage ionic chains, and one 1,000-way fan-out plus an
 # aggregate packet, each through a gateway and 2 reactors.
@@ -94,8 +94,9 @@ def bench_molecules(runs: int, chains: int, fanout: int) -> list[dict[str, Any]]
                     raise RuntimeError(f"fan-out ended {status}")
                 return time.perf_counter() - started
 
-        chain = measure(chain_ms(False), runs)
-        chain_progress = measure(chain_ms(True), runs)
+        # In turn, so that drift on a busy machine hits both alike.
+        quiet, chatty = alternate(runs, chain_ms(False), chain_ms(True))
+        chain, chain_progress = stats(quiet), stats(chatty)
         fan = measure(fanout_s, runs)
     return [
         {"figure": f"4-stage ionic chain, {chains} sequential molecules, gateway+2 reactors, "
