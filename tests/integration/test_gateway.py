@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -456,6 +457,42 @@ def test_a_result_too_large_for_a_frame_answers_pf005_at_once(cluster: Cluster) 
         assert caught.value.code == "PF005"
         assert caught.value.details["reason"] == "result_too_large"
         assert pf.submit("cf", "ping", {}).data["pong"] is True  # the link is still fine
+
+
+def test_malformed_http_requests_are_refused_without_flooding_the_log(tmp_path: Path) -> None:
+    """Anonymous clients sending headers over 8 KiB or garbage request lines get 400 and
+    the gateway logs one line a second about them, never a traceback per request."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "packetflow", "--log-level", "WARNING", "gateway", "--port", "0",
+         "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    sent = 0
+    try:
+        ready = read_ready(proc, 20)
+        assert ready is not None
+        port = int(ready["url"].rsplit(":", 1)[1].split("/")[0])
+        started = time.monotonic()
+        huge_header = (b"GET /v1/reactors HTTP/1.1\r\nHost: x\r\nX-PacketFlow-API-Key: pf_"
+                       + b"a" * 9000 + b"\r\n\r\n")  # fmt: skip
+        not_http = b"\x16\x03\x01 not http\r\n\r\n"
+        for i in range(60):
+            request = huge_header if i % 2 else not_http
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(request)
+                assert sock.recv(64).split(b" ")[1] == b"400", i
+            sent += 1
+        seconds = time.monotonic() - started
+        with packetflow.connect_sync(ready["url"]) as pf:  # the next client is served
+            assert pf.discover() == []
+    finally:
+        stop_all([proc], 10)
+    assert proc.stderr is not None
+    log = proc.stderr.read().decode()
+    assert sent == 60
+    assert "Traceback" not in log, log
+    lines = [line for line in log.splitlines() if "refused a malformed HTTP request" in line]
+    assert 1 <= len(lines) <= int(seconds) + 2, lines
 
 
 def test_clients_leaving_during_the_handshake_leave_no_error_behind(tmp_path: Path) -> None:

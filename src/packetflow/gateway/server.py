@@ -94,6 +94,7 @@ from ..protocol.retry import (
     poison_packet_error,
 )
 from ..protocol.service_health import GatewayCounts, assess
+from ..request_log import server_logger
 from ..runner import every
 from ..security.gatekeeper import OPEN_PATHS, Gatekeeper, SecurityConfig, ws_closer
 from ..security.gatekeeper import principal_of as authenticated_principal
@@ -478,6 +479,7 @@ class Gateway:
             access_log=None,
             handle_signals=False,
             keepalive_timeout=self.config.handshake_timeout_s,
+            logger=server_logger(),
         )
         await self._runner.setup()
         ssl_context = security.tls.server_context() if security.tls is not None else None

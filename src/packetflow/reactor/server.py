@@ -48,6 +48,7 @@ from ..protocol.messages import (
     encode,
 )
 from ..protocol.reactor_access import is_loopback_host
+from ..request_log import server_logger
 from ..security.gatekeeper import denial, same_secret
 from ..security.tls import TlsConfig, peer_common_name
 from ..transport import (
@@ -199,7 +200,8 @@ class Reactor:
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     logger=server_logger())  # fmt: skip
         await self._runner.setup()
         ssl_context = self.tls.server_context() if self.tls is not None else None
         site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True,
