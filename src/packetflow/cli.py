@@ -52,6 +52,13 @@ def main(ctx: click.Context, log_level: str | None) -> None:
         ctx.exit(0)
 
 
+def _with(options: list[Any], command: Any) -> Any:
+    """``command`` decorated with ``options``, shown in --help in the order listed."""
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def discovery_options(command: Any) -> Any:
     """DESIGN §2 announce channels 3 and 4, for both sides: a reactor advertises on them,
     a gateway listens on them."""
@@ -72,9 +79,7 @@ def discovery_options(command: Any) -> Any:
             help="UDP port for --multicast",
         ),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _with(options, command)
 
 
 def connection_options(command: Any) -> Any:
@@ -111,9 +116,7 @@ def connection_options(command: Any) -> Any:
                      type=click.FloatRange(min=0.1),
                      help="§12.4.1 seconds to wait for a pong [default: 5]"),
     ]  # fmt: skip
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _with(options, command)
 
 
 def authorization_options(command: Any) -> Any:
@@ -129,9 +132,7 @@ def authorization_options(command: Any) -> Any:
         click.option("--journal-key-file", type=click.Path(dir_okay=False, exists=True),
                      default=None, help="Encrypt the molecule journal at rest (AES-256-GCM)"),
     ]  # fmt: skip
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _with(options, command)
 
 
 def tls_server_options(command: Any) -> Any:
@@ -150,9 +151,7 @@ def tls_server_options(command: Any) -> Any:
             help="Allow a non-loopback bind without TLS (credentials in clear)",
         ),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _with(options, command)
 
 
 def client_credentials(command: Any) -> Any:
@@ -175,9 +174,7 @@ def client_credentials(command: Any) -> Any:
         click.option("--cert", default=None, help="Client certificate (mTLS)"),
         click.option("--key", "cert_key", default=None, help="Client certificate's key"),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _with(options, command)
 
 
 def _tls_config(cert: str | None, key: str | None, client_ca: str | None) -> Any:

@@ -260,14 +260,11 @@ class Guard:
         limits = profile.limits
         if limits:
             # co:* packets spend a coordination token when the role has that limit.
-            kind = (
-                "coordination" if packet.group == "co" and "coordination" in limits else ("packets")
-            )
-            rate = limits.get(kind)
-        if limits and rate is not None:
-            wait_ms = self.limiter.take(principal.id, kind, rate, now)
-            if wait_ms:
-                return self._rate_limited(principal, target, kind, wait_ms)
+            co = packet.group == "co" and "coordination" in limits
+            kind = "coordination" if co else "packets"
+            refused = self._spend(principal, target, kind, now, limits)
+            if refused is not None:
+                return refused
         if action in authorizer.policy.admin_actions:
             self.audit.record(
                 "admin_action",
@@ -367,12 +364,7 @@ class Guard:
         )
         if err is not None or principal is GATEWAY:
             return err
-        rate = self.authorizer.profile(principal).limits.get("molecules")
-        if rate is not None:
-            wait_ms = self.limiter.take(principal.id, "molecules", rate, now)
-            if wait_ms:
-                return self._rate_limited(principal, target, "molecules", wait_ms)
-        return None
+        return self._spend(principal, target, "molecules", now)
 
     def check_coordinate(
         self, principal: Principal, target: object, kind: str, molecule_id: str | None, now: float
@@ -395,12 +387,7 @@ class Guard:
             )
         if err is not None:
             return err
-        rate = self.authorizer.profile(principal).limits.get("coordination")
-        if rate is not None:
-            wait_ms = self.limiter.take(principal.id, "coordination", rate, now)
-            if wait_ms:
-                return self._rate_limited(principal, target, "coordination", wait_ms)
-        return None
+        return self._spend(principal, target, "coordination", now)
 
     def molecule_event(
         self, principal: Principal, target: object, event: str, molecule_id: str, **extra: Any
@@ -520,6 +507,24 @@ class Guard:
             field=field,
             reason=reason,
         )
+
+    def _spend(
+        self,
+        principal: Principal,
+        target: object,
+        kind: str,
+        now: float,
+        limits: Mapping[str, float] | None = None,
+    ) -> Overloaded | None:
+        """Take one ``kind`` token from the principal's rate limit (``limits``: its
+        profile's, when the caller has them); PF004 when there is none left."""
+        if limits is None:
+            limits = self.authorizer.profile(principal).limits
+        rate = limits.get(kind)
+        if rate is None:
+            return None
+        wait_ms = self.limiter.take(principal.id, kind, rate, now)
+        return self._rate_limited(principal, target, kind, wait_ms) if wait_ms else None
 
     def _rate_limited(
         self, principal: Principal, target: object, kind: str, wait_ms: int
