@@ -145,9 +145,11 @@ def test_envelope_at_the_depth_limit_is_accepted() -> None:
     assert isinstance(single_msg(frame), messages.Submit)
 
 
-def test_a_too_deep_batch_element_is_answered_alone_design_3() -> None:
-    """One answer per batch element: the deep one PF001, its neighbours decode."""
-    deep = "[" * 200 + "]" * 200
+@pytest.mark.parametrize("depth", [200, 600])
+def test_a_too_deep_batch_element_is_answered_alone_design_3(depth: int) -> None:
+    """One answer per batch element: the deep one PF001, its neighbours decode (also when
+    the batch as a whole is deeper than twice the limit)."""
+    deep = "[" * depth + "]" * depth
     bad = dumps(wire1(payload__packet__data={"a": "@"})).replace(b'"@"', deep.encode())
     good = dumps(wire1())
     out = messages.decode_frame(b"[" + good + b"," + bad + b"," + good + b"]")

@@ -45,7 +45,3 @@ MAX_DEPENDENCIES: Final = 1000
 # How much of a bad value an ERROR's error_details may echo back: enough to recognise it,
 # never the 900 KB that was sent.
 MAX_ECHO_CHARS: Final = 80
-# A batch frame's depth before it is split into envelopes: deep enough that an element
-# over MAX_JSON_DEPTH is found and answered on its own (DESIGN §3: one answer per
-# element), shallow enough that splitting stays far from the recursion limit.
-MAX_FRAME_DEPTH: Final = 2 * MAX_JSON_DEPTH

@@ -18,14 +18,13 @@ from msgspec import UNSET, Raw, UnsetType
 
 from .chemistry import Group
 from .errors import CATALOGUE, InvalidMessage, InvalidPacket, PacketFlowError, invalid_field
-from .jsonscan import json_depth, non_finite_path, within_depth
+from .jsonscan import non_finite_path, within_depth
 from .limits import MAX_BATCH as MAX_BATCH  # re-exported: servers import them from here
 from .limits import (
     MAX_DEPENDENCIES,
     MAX_DURATION_MS,
     MAX_ECHO_CHARS,
     MAX_ELEMENT_CHARS,
-    MAX_FRAME_DEPTH,
     MAX_ID_CHARS,
     MAX_JSON_DEPTH,
     MAX_SEQUENCE_ID,
@@ -674,11 +673,11 @@ def decode_frame(frame: bytes | str, max_bytes: int = MAX_FRAME_BYTES) -> list[D
         if not within_depth(frame, MAX_JSON_DEPTH):
             return [FrameError(_too_deep())]
         return [_decode_or_error(frame)]
-    # A batch's depth, once, over the whole frame (C-speed): within MAX_JSON_DEPTH + 1,
-    # no element can be too deep and none is scanned again on its own.
-    depth = json_depth(frame) if frame.count(b"[") + frame.count(b"{") > MAX_JSON_DEPTH else 0
-    if depth > MAX_FRAME_DEPTH:
-        return [FrameError(_too_deep())]
+    # A batch is split first (msgspec only skips over the elements, and past its own
+    # recursion limit refuses the frame with RecursionError, caught below); then each
+    # element's depth is checked on its own, a count of its brackets for any normal
+    # envelope. Measuring the whole frame's depth first cost ~1.5 µs more per element of
+    # a reactor's batch of 25 results.
     try:
         items = _raw_list_decoder.decode(frame)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -708,8 +707,6 @@ def decode_frame(frame: bytes | str, max_bytes: int = MAX_FRAME_BYTES) -> list[D
             validation_rule="batch",
         )  # fmt: skip
         return [FrameError(err)]
-    if depth <= MAX_JSON_DEPTH + 1:
-        return [_decode_shallow(item) for item in items]
     return [_decode_or_error(item) for item in items]
 
 
@@ -768,14 +765,6 @@ def decode_data(raw: bytes | Raw, path: str = "payload.packet.data") -> Any:
         ) from None  # fmt: skip
     except RecursionError:
         raise _too_deep() from None
-
-
-def _decode_shallow(raw: Raw) -> Decoded:
-    """``_decode_or_error`` for an element already known to be within MAX_JSON_DEPTH."""
-    try:
-        return decode_one(raw)
-    except PacketFlowError as err:
-        return _frame_error(err, raw)
 
 
 def _decode_or_error(raw: bytes | Raw) -> Decoded:
