@@ -99,7 +99,7 @@ class NatsBarriers:
         self.kv = await bucket(self.cluster.js, BARRIERS_BUCKET, ttl=TTL_S, history=HISTORY,
                                max_bytes=BUCKET_BYTES, max_value_size=MAX_ROUND_BYTES,
                                replicas=self.cluster.config.cluster_replicas)  # fmt: skip
-        self.cluster.spawn(self.cluster._watch(self.kv, ">", self._on_round))
+        self.cluster.watch(self.kv, ">", self._on_round)
 
     async def close(self) -> None:
         """The gateway stops: let the withdrawals of its drained waiters finish (briefly)."""

@@ -235,8 +235,8 @@ class NatsCluster:
                      max_age=OUTCOMES_MAX_AGE_S, max_msgs=OUTCOMES_MAX_MSGS,
                      max_bytes=OUTCOMES_MAX_BYTES, num_replicas=replicas)  # fmt: skip
         await self._replay_outcomes()
-        self._spawn(self._watch(self.reactors, ">", self._on_reactor))
-        self._spawn(self._watch(self.state, ">", self._on_state))
+        self.watch(self.reactors, ">", self._on_reactor)
+        self.watch(self.state, ">", self._on_state)
         self._spawn(self._key_file_loop())
         log.info("gateway %s joined the cluster at %s", self.me, config.cluster_url)
 
@@ -284,6 +284,11 @@ class NatsCluster:
 
     def spawn(self, coro: Any) -> None:
         self._spawn(coro)
+
+    def watch(self, kv: Any, keys: str, handle: Any) -> None:
+        """Apply every change of ``keys`` in ``kv`` with ``handle``, for as long as this
+        gateway runs (``_watch``)."""
+        self._spawn(self._watch(kv, keys, handle))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -95,8 +95,8 @@ class NatsJournal:
             await self._renew()
         except Exception as exc:
             raise JournalError(f"cannot open the NATS molecule journal: {exc}") from exc
-        self.cluster.spawn(self.cluster._watch(self.kv, "open.>", self._on_open))
-        self.cluster.spawn(self.cluster._watch(self.leases, ">", self._on_lease))
+        self.cluster.watch(self.kv, "open.>", self._on_open)
+        self.cluster.watch(self.leases, ">", self._on_lease)
         self.cluster.spawn(self._lease_loop())
         try:
             await asyncio.wait_for(self._open_ready.wait(), 5.0)
