@@ -41,9 +41,12 @@ class ClientFaults(logging.Filter):
         remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
         more = f" ({self.suppressed} more since the last line)" if self.suppressed else ""
         self.suppressed = 0
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        # aiohttp logs some of these at DEBUG (non-HTTP bytes on a fresh connection): never
+        # raise a record's level, only lower an ERROR to a WARNING.
+        record.levelno = min(record.levelno, logging.WARNING)
+        record.levelname = logging.getLevelName(record.levelno)
         record.msg = "refused a malformed HTTP request from %s (%d): %s%s"
-        record.args = (remote, exc.code, exc.message.splitlines()[0][:200], more)
+        record.args = (remote, exc.code, exc.message.partition("\n")[0][:200], more)
         record.exc_info = record.exc_text = None
         return True
 

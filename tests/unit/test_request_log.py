@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 
-from aiohttp.http_exceptions import BadStatusLine, LineTooLong
+from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, LineTooLong
 
 from packetflow.request_log import ClientFaults, server_logger
 
 
-def record(exc: BaseException) -> logging.LogRecord:
-    return logging.LogRecord("packetflow.http", logging.ERROR, __file__, 1,
+def record(exc: BaseException, level: int = logging.ERROR) -> logging.LogRecord:
+    return logging.LogRecord("packetflow.http", level, __file__, 1,
                              "Error handling request from %s", ("10.0.0.7",),
                              (type(exc), exc, None))  # fmt: skip
 
@@ -31,6 +31,14 @@ def test_a_flood_of_malformed_requests_is_one_line_a_second() -> None:
     later = record(BadStatusLine("GARBAGE"))
     assert faults.filter(later)
     assert later.getMessage().endswith("(50 more since the last line)")
+
+
+def test_a_debug_record_stays_debug_and_an_empty_reason_is_fine() -> None:
+    faults = ClientFaults(clock=lambda: 0.0)
+    quiet = record(HttpProcessingError(code=400, message=""), logging.DEBUG)
+    assert faults.filter(quiet)
+    assert quiet.levelno == logging.DEBUG and quiet.exc_info is None
+    assert quiet.getMessage() == "refused a malformed HTTP request from 10.0.0.7 (400): "
 
 
 def test_our_own_failures_keep_their_traceback() -> None:
