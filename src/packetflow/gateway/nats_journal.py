@@ -74,8 +74,9 @@ class NatsJournal:
         self.revs: dict[str, int] = {}  # doc revision last written or read
         self.owners: dict[str, tuple[str | None, int]] = {}  # open molecule -> owner, rev
         self._dirty: set[str] = set()
-        self._staged: dict[str, bytes] = {}
-        self._finished: set[str] = set()
+        # Staged documents, and whether each is a finished one: decided when staged, since
+        # the molecule may finish while the commit of its running state is still under way.
+        self._staged: dict[str, tuple[bytes, bool]] = {}
         self._kept: deque[str] = deque()  # finished molecules written here, oldest first
         self._lost: set[str] = set()
         self._open_ready = asyncio.Event()
@@ -135,7 +136,6 @@ class NatsJournal:
             "events": [], "owner": self.me,
         }  # fmt: skip
         self._lost.discard(molecule_id)
-        self._finished.discard(molecule_id)
         self._dirty.add(molecule_id)
 
     def record(self, molecule_id: str, event: JournalEvent) -> None:
@@ -165,7 +165,6 @@ class NatsJournal:
         if doc is None:
             return
         doc.update(status=status, checkpoint=snapshot, finished_at=now, events=[])
-        self._finished.add(molecule_id)
         self._dirty.add(molecule_id)
 
     def commit(self) -> None:
@@ -176,24 +175,23 @@ class NatsJournal:
         for mid in dirty:
             doc = self.docs.get(mid)
             if doc is not None and mid not in self._lost:
-                self._staged[mid] = self._seal(doc)
+                self._staged[mid] = (self._seal(doc), doc["status"] is not None)
 
     async def commit_async(self) -> None:
         staged, self._staged = self._staged, {}
         if not staged:
             return
-        results = await asyncio.gather(*(self._write(mid, value) for mid, value in
-                                         staged.items()), return_exceptions=True)  # fmt: skip
+        writes = (self._write(mid, value, finished) for mid, (value, finished) in staged.items())
+        results = await asyncio.gather(*writes, return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             raise JournalError(f"molecule journal commit to NATS failed: {failures[0]}")
 
-    async def _write(self, mid: str, value: bytes) -> None:
+    async def _write(self, mid: str, value: bytes, finished: bool) -> None:
         from nats.js.errors import KeyWrongLastSequenceError
 
         key = f"doc.{kv_key(mid)}"
         rev = self.revs.get(mid)
-        finished = mid in self._finished
         try:
             if rev is None:
                 self.revs[mid] = await self.kv.put(key, value)
@@ -215,7 +213,6 @@ class NatsJournal:
         """A finished molecule leaves memory; the oldest finished documents leave NATS."""
         self.docs.pop(mid, None)
         self.revs.pop(mid, None)
-        self._finished.discard(mid)
         self._kept.append(mid)
         while len(self._kept) > JOURNAL_KEEP_FINISHED:
             old = self._kept.popleft()
