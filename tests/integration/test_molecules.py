@@ -444,7 +444,10 @@ async def test_healing_retries_on_another_reactor(mc: Molecules) -> None:
         initiate(
             m,
             [
-                pk("flaky", "flaky", {"fail_times": 1}, timeout_ms=500),
+                # Under the gateway's first retry delay (1 s ± 10 %), so the second
+                # attempt is healing's, not the gateway's; as long as that allows, since
+                # a loaded CI machine can stall an attempt for a good part of a second.
+                pk("flaky", "flaky", {"fail_times": 1}, timeout_ms=850),
             ],
             healing=True,
         ),

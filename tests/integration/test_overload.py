@@ -178,7 +178,7 @@ def test_one_connection_cannot_take_every_subscription(cluster: Cluster) -> None
     not read, its events are dropped (and counted) instead of piling up in the gateway."""
     gateway = cluster.gateway()
 
-    async def scenario() -> tuple[int, int]:
+    async def scenario() -> tuple[int, int, int]:
         async with aiohttp.ClientSession() as session:
             greedy = await session.ws_connect(gateway.url, headers=gateway.auth_headers())
             frames = [_submit_frame("ed", "subscribe", {"topic": "**"}, n) for n in range(10_000)]
@@ -217,9 +217,13 @@ def test_one_connection_cannot_take_every_subscription(cluster: Cluster) -> None
                 assert not any("dropped" in r["payload"]["data"] for r in received)
                 peak = max(peak, _rss(gateway))
                 # The greedy connection never read: once full, its 100 subscriptions lost
-                # events (delivered fell from 101 to 1). Reading again, its next event
-                # says how many were lost.
-                assert delivered[0] == 101 and delivered[-1] == 1, delivered[::30]
+                # events (delivered fell from 101 to 1). Not for good: the kernel's
+                # loopback buffers grow as they fill (autotuning), taking some unsent
+                # bytes off the gateway, which then delivers until full again. Each
+                # delivered publish is ~430 KB to it and all buffers together hold a few
+                # tens of MB, so most of the 300 are still dropped. Reading again, its
+                # next event says how many were lost.
+                assert delivered[0] == 101 and delivered.count(1) >= 200, delivered[::30]
                 lost = 0
                 deadline = time.monotonic() + 60
                 while not lost and time.monotonic() < deadline:
@@ -228,11 +232,12 @@ def test_one_connection_cannot_take_every_subscription(cluster: Cluster) -> None
                         data = item["payload"].get("data", {})
                         lost = max(lost, data.get("dropped", 0) if isinstance(data, dict) else 0)
             await greedy.close()
-            return peak - before, lost
+            return peak - before, lost, delivered.count(1)
 
-    growth, lost = asyncio.run(scenario())
+    growth, lost, skipped = asyncio.run(scenario())
     print(f"\nsubscriptions: 300 × 4 KB events to 101 subscriptions; gateway RSS +"
-          f"{growth / MIB:.1f} MB; first event after the loss says dropped={lost}")  # fmt: skip
+          f"{growth / MIB:.1f} MB; {skipped} of 300 skipped the full connection; first event "
+          f"after the loss says dropped={lost}")  # fmt: skip
     assert lost > 0
     assert growth < 100 * MIB
 
