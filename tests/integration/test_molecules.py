@@ -386,7 +386,7 @@ async def test_fail_fast_stops_the_molecule(mc: Molecules) -> None:
 
 
 async def test_retry_failed_stages_retries_retryable_failures(mc: Molecules) -> None:
-    """A PF005 packet is retried by the molecule (timeout_ms 500 keeps the gateway's own
+    """A PF005 packet is retried by the molecule (timeout_ms 850 keeps the gateway's own
     1 s-backoff retries out of the way); a PF002 one is not retried."""
     m = mid("retry")
     _, final = await run_ws(
@@ -394,7 +394,7 @@ async def test_retry_failed_stages_retries_retryable_failures(mc: Molecules) -> 
         initiate(
             m,
             [
-                pk("flaky", "flaky", {"fail_times": 2}, timeout_ms=500),
+                pk("flaky", "flaky", {"fail_times": 2}, timeout_ms=850),
             ],
             fault_tolerance="retry_failed_stages",
             max_retries=3,
