@@ -342,6 +342,30 @@ def _runs(data: Path, molecules: list[str], packet: str) -> list[int]:
             for m in molecules]  # fmt: skip
 
 
+def test_a_molecule_running_on_a_cannot_be_started_again_through_b(nc: NatsCluster) -> None:
+    """A second start of a running molecule's id through another gateway is refused as
+    it is on one gateway (PF002 unique_running, naming where it runs): it would replace
+    the first run's journal entry and run its finished packets again. Once the molecule
+    finished, its id may be run again, through either gateway."""
+    m = f"once-{uuid.uuid4().hex[:8]}"
+    status, body = http(nc.a, "POST", "/v1/molecules", _chain(m))
+    assert status == 202, body
+    wait_for(lambda: _runs(nc.data, [m], "b") == [1], 10, "the molecule's second packet")
+    status, body = http(nc.b, "POST", "/v1/molecules", _chain(m))
+    assert status == 409, body  # as for a running id on one gateway
+    error = body["payload"]
+    assert error["error_code"] == "PF002", error
+    assert error["error_details"]["field"] == "molecule_id", error
+    assert error["error_details"]["validation_rule"] == "unique_running", error
+    assert error["error_details"]["gateway_id"] == "gateway-a", error
+    wait_for(lambda: http(nc.b, "GET", f"/v1/molecules/{m}")[1].get("status") == "success",
+             15, "the first run to finish")  # fmt: skip
+    assert [_runs(nc.data, [m], p) for p in "abc"] == [[1], [1], [1]]  # ran once
+    status, body = http(nc.b, "POST", "/v1/molecules", _chain(m))  # a new run: allowed
+    assert status == 202, body
+    wait_for(lambda: _runs(nc.data, [m], "c") == [2], 15, "the second run to finish")
+
+
 def test_sigkill_a_gateway_and_its_molecules_finish_on_the_other(nc: NatsCluster) -> None:
     """SIGKILL gateway A while 50 molecules run: B takes them over once A's lease lapses;
     every one completes, and no packet that had finished runs again."""

@@ -3,6 +3,7 @@ commit writes when its molecule moves on while the commit is under way."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,15 @@ async def _open_entry(journal: NatsJournal, molecule_id: str) -> bool:
     return True
 
 
+async def _claim_seen(journal: NatsJournal, molecule_id: str) -> None:
+    """Wait (bounded) until the watch of the claims shows this gateway's claim."""
+    for _ in range(200):
+        if journal.claimed_by(molecule_id) == "gateway-j":
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the claim of {molecule_id} was not seen within 2 s")
+
+
 async def test_a_molecule_finishing_while_its_running_state_commits_is_not_lost(
     journal: NatsJournal,
 ) -> None:
@@ -79,6 +89,7 @@ async def test_a_molecule_finishing_while_its_running_state_commits_is_not_lost(
     journal.stage()
     await journal.commit_async()
     assert await _open_entry(journal, mid)
+    await _claim_seen(journal, mid)
 
     journal.checkpoint(mid, {"stage": 1}, now=2.0)
     journal.stage()  # the running state, as the coordinator's flush stages it
@@ -95,3 +106,4 @@ async def test_a_molecule_finishing_while_its_running_state_commits_is_not_lost(
     assert stored.checkpoint == {"stage": 2}
     assert not await _open_entry(journal, mid)
     assert mid not in journal.docs  # a finished molecule leaves memory
+    assert journal.claimed_by(mid) is None  # at once: its id may be started again

@@ -639,12 +639,19 @@ class MoleculeCoordinator:
         """
         molecule = self._validated(obj, path)
         mid = molecule.molecule_id
-        if mid in self.active:
+        shared = self._async_journal
+        elsewhere = None if shared is None or mid in self.active else shared.claimed_by(mid)
+        if mid in self.active or elsewhere is not None:
+            # Across gateways too: a second run of an id running elsewhere would replace
+            # that run's journal entry and run its finished packets again.
+            where = "" if elsewhere is None else f" on gateway {elsewhere}"
+            there = "" if elsewhere is None else " there"
             raise MoleculeRunning(
-                f"Molecule {mid!r} is already running; abort it or use another molecule_id",
+                f"Molecule {mid!r} is already running{where}; abort it{there} or use "
+                "another molecule_id",
                 field=_join(path, "molecule_id"), expected_type="an id not running",
                 received_type=repr(mid), validation_rule="unique_running",
-                details={"molecule_id": mid},
+                details={"molecule_id": mid, "gateway_id": elsewhere or self.gateway.gateway_id},
             )  # fmt: skip
         if len(self.active) >= MAX_ACTIVE_MOLECULES:
             raise Overloaded(f"{len(self.active)} molecules are running; retry later",

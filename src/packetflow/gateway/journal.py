@@ -178,6 +178,11 @@ class AsyncJournal(MoleculeJournal, Protocol):
 
     async def load_async(self, molecule_id: str) -> StoredMolecule | None: ...
 
+    def claimed_by(self, molecule_id: str) -> str | None:
+        """The gateway whose unfinished run of ``molecule_id`` this journal knows of, if
+        any (it may be this one, between a lapsed lease and the take-over)."""
+        ...
+
 
 def sync_mode(value: str | None = None) -> str:
     """The ``synchronous`` pragma to use: ``value``, else $PACKETFLOW_JOURNAL_SYNC, else

@@ -123,6 +123,13 @@ class NatsJournal:
             except Exception as exc:
                 log.info("releasing the lease failed: %s", exc)
 
+    def claimed_by(self, molecule_id: str) -> str | None:
+        # From the watch of the claims: a start through another gateway within the few
+        # milliseconds a claim takes to arrive here is not caught (then the later start
+        # wins and the earlier one's initiator hears that its run moved: _ownership_lost).
+        claim = self.owners.get(molecule_id)
+        return None if claim is None else (claim[0] or "an unknown gateway")
+
     def live_gateways(self) -> list[str]:
         return self.book.live(time.monotonic())
 
@@ -207,6 +214,7 @@ class NatsJournal:
             await self.kv.put(f"open.{kv_key(mid)}", body)
         if finished:
             await self.kv.delete(f"open.{kv_key(mid)}")
+            self.owners.pop(mid, None)  # at once: its initiator may start it again next
             self._forget(mid)
 
     def _forget(self, mid: str) -> None:
