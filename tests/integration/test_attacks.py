@@ -202,3 +202,42 @@ async def test_files_molecules_events_and_reactors_stay_out_of_reach(
             except aiohttp.WSServerHandshakeError as exc:
                 assert exc.status == 401
     await cluster_still_serves(gateway, reactors)
+
+
+def get(node: Node, path: str, headers: dict[str, str]) -> tuple[int, Any]:
+    request = urllib.request.Request(node.http + path, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def test_a_molecule_stays_its_owners_after_the_gateway_restarts(cluster: Cluster) -> None:
+    """DESIGN §8 across a restart: the journal keeps who started each molecule, so once
+    the gateway restarted from its data dir the owner still reads it and nobody else
+    does (before, the restarted gateway knew no owner and refused the owner as well)."""
+    data = cluster.root / "owned"
+    gateway = cluster.gateway("--data-dir", str(data))
+    cluster.reactor(gateway)
+    alice, mallory = new_key(gateway, "packet_user"), new_key(gateway, "packet_user")
+    for key in (alice, mallory):
+        wait_for(lambda k=key: known(gateway, k), 10.0, "the gateway to see a new key")
+    molecule = {"molecule_id": "alice-kept", "packets": [
+        {"id": "t", "group": "df", "element": "transform",
+         "data": {"input": "x", "operation": "uppercase"}}]}  # fmt: skip
+    status, body = post(gateway, "/v1/molecules?wait=true", molecule, {API_KEY_HEADER: alice})
+    assert status == 200 and body["status"] == "success", body
+    gateway.proc.terminate()
+    gateway.proc.wait(30)
+
+    again = cluster.gateway("--data-dir", str(data))
+    status, body = get(again, "/v1/molecules/alice-kept", {API_KEY_HEADER: alice})
+    assert status == 200 and body["status"] == "success", body
+    status, body = get(again, "/v1/molecules/alice-kept", {API_KEY_HEADER: mallory})
+    assert status in (403, 404), body
+    status, body = post(again, "/v1/molecules/alice-kept", {}, {API_KEY_HEADER: mallory},
+                        method="DELETE")  # fmt: skip
+    assert status in (403, 404), body
+    status, body = get(again, "/v1/molecules/alice-kept", again.auth_headers())  # an admin
+    assert status == 200, body

@@ -23,11 +23,13 @@ import pytest
 
 import packetflow
 from packetflow.natsserver import NatsServer, start_nats
+from packetflow.protocol.authentication import API_KEY_HEADER
 from packetflow.protocol.errors import PacketFlowError
 
 from ..prometheus import sample
 from .cluster import Cluster, Node, wait_for
 from .slow_elements import runs_of
+from .test_attacks import get, known, new_key, post
 from .test_molecules import http
 
 pytest.importorskip("nats")
@@ -364,6 +366,25 @@ def test_a_molecule_running_on_a_cannot_be_started_again_through_b(nc: NatsClust
     status, body = http(nc.b, "POST", "/v1/molecules", _chain(m))  # a new run: allowed
     assert status == 202, body
     wait_for(lambda: _runs(nc.data, [m], "c") == [2], 15, "the second run to finish")
+
+
+def test_a_users_molecule_run_on_a_is_theirs_to_read_on_b(nc: NatsCluster) -> None:
+    """DESIGN §8 across gateways: B learns who started a molecule from the shared
+    journal, so the owner reads it through B and another user does not."""
+    alice, mallory = new_key(nc.a, "packet_user"), new_key(nc.a, "packet_user")
+    for key in (alice, mallory):
+        wait_for(lambda k=key: known(nc.a, k) and known(nc.b, k), 10,  # type: ignore[misc]
+                 "both gateways to know the new keys")  # fmt: skip
+    m = f"alice-{uuid.uuid4().hex[:8]}"
+    molecule = {"molecule_id": m, "packets": [
+        {"id": "t", "group": "df", "element": "transform",
+         "data": {"input": "x", "operation": "uppercase"}}]}  # fmt: skip
+    status, body = post(nc.a, "/v1/molecules?wait=true", molecule, {API_KEY_HEADER: alice})
+    assert status == 200 and body["status"] == "success", body
+    status, body = get(nc.b, f"/v1/molecules/{m}", {API_KEY_HEADER: alice})
+    assert status == 200 and body["status"] == "success", body
+    status, body = get(nc.b, f"/v1/molecules/{m}", {API_KEY_HEADER: mallory})
+    assert status in (403, 404), body
 
 
 def test_sigkill_a_gateway_and_its_molecules_finish_on_the_other(nc: NatsCluster) -> None:

@@ -296,10 +296,11 @@ class _Molecule:
     final: dict[str, Any] | None = None
     resume_task: asyncio.Task[None] | None = None
     ack_kind: str = "initiate"  # `execute` (§7.3 phase 3) acknowledges as itself
+    owner: str | None = None  # the principal that started it (DESIGN §8)
 
     def meta(self) -> dict[str, Any]:
         return {"initiated_by": self.initiated_by, "locality": self.locality,
-                "optimized": self.optimized}  # fmt: skip
+                "optimized": self.optimized, "owner": self.owner}  # fmt: skip
 
 
 # ---------------------------------------------------------------- the coordinator
@@ -427,6 +428,9 @@ class MoleculeCoordinator:
             # DESIGN §8: who may start, read or abort which molecule (security/guard.py).
             principal = principal_of(peer)
             if principal is not GATEWAY:
+                mid = msg.payload.molecule_id
+                if kind in ("status", "progress", "abort") and mid and not principal.is_admin:
+                    self._learn_owner(mid)
                 denied = self.gateway.guard.check_coordinate(
                     principal, peer, kind, msg.payload.molecule_id, time.monotonic()
                 )
@@ -467,9 +471,8 @@ class MoleculeCoordinator:
     def _ws_initiate(self, peer: Peer, msg: Coordinate) -> None:
         obj = msgspec.to_builtins(msg.payload)
         initiator = _Initiator.of(peer, msg)
-        state = self.initiate(obj, path="payload", initiator=initiator,
-                              initiated_by=msg.message_id)  # fmt: skip
-        self._owned(state.molecule_id, peer)
+        self.initiate(obj, path="payload", initiator=initiator, initiated_by=msg.message_id,
+                      by=peer)  # fmt: skip
 
     def _ws_status(self, peer: Peer, msg: Coordinate) -> None:
         mid = _required_id(msg.payload.molecule_id, "payload.molecule_id")
@@ -493,8 +496,34 @@ class MoleculeCoordinator:
     def _owned(self, molecule_id: str, target: object) -> None:
         """Remember who started ``molecule_id`` (status/abort are theirs) and audit it."""
         principal = principal_of(target)
-        self.gateway.guard.own("molecule", molecule_id, principal)
+        self.gateway.guard.own("molecule", molecule_id, principal.id)
         self.gateway.guard.molecule_event(principal, target, "molecule_start", molecule_id)
+
+    def _learn_owner(self, molecule_id: str, stored: StoredMolecule | None = None) -> None:
+        """Before a read or abort of a molecule this gateway did not start in this process
+        (it restarted, or another gateway ran it): its owner comes from the journal."""
+        guard = self.gateway.guard
+        if guard.owner_of("molecule", molecule_id) is not None:
+            return
+        stored = stored or self._stored(molecule_id)
+        owner = None if stored is None else stored.meta.get("owner")
+        if isinstance(owner, str):
+            guard.own("molecule", molecule_id, owner)
+
+    async def _learn_owner_async(self, request: web.Request, molecule_id: str) -> None:
+        """``_learn_owner``, also from another gateway's journal entry (cluster mode)."""
+        if request_principal(request).is_admin:
+            return  # an admin reads and aborts any molecule
+        if self.gateway.guard.owner_of("molecule", molecule_id) is not None:
+            return
+        stored = self._stored(molecule_id)
+        journal = self._async_journal
+        if stored is None and journal is not None:
+            try:
+                stored = await journal.load_async(molecule_id)
+            except JournalError as exc:
+                log.error("%s", exc)
+        self._learn_owner(molecule_id, stored)
 
     def _http_denied(self, request: web.Request, kind: str,
                      molecule_id: str | None) -> web.Response | None:  # fmt: skip
@@ -560,9 +589,8 @@ class MoleculeCoordinator:
             if denied is not None:
                 raise denied
             obj = {"molecule_id": mid, "molecular_structure": held.structure}
-        state = self.initiate(obj, path="payload", initiator=initiator,
-                              initiated_by=msg.message_id, ack_kind="execute")  # fmt: skip
-        self._owned(state.molecule_id, peer)
+        self.initiate(obj, path="payload", initiator=initiator, initiated_by=msg.message_id,
+                      by=peer, ack_kind="execute")  # fmt: skip
 
     def _ws_optimize(self, peer: Peer, msg: Coordinate) -> None:
         obj = msgspec.to_builtins(msg.payload)
@@ -629,10 +657,12 @@ class MoleculeCoordinator:
         path: str,
         initiator: _Initiator | None,
         initiated_by: str,
+        by: object,
         ack_kind: str = "initiate",
     ) -> _Molecule:
-        """Validate and start a molecule. The acknowledgement (and every packet) waits for
-        the journal commit; ``state.accepted`` resolves then (PF503 if it failed).
+        """Validate and start a molecule for the principal of ``by`` (a peer or an HTTP
+        requester), its owner. The acknowledgement (and every packet) waits for the
+        journal commit; ``state.accepted`` resolves then (PF503 if it failed).
 
         Raises PF002/PF102/PF003 for a bad molecule, MoleculeRunning for an id already
         running, PF004 past MAX_ACTIVE_MOLECULES, PF503 before ``start``.
@@ -669,6 +699,7 @@ class MoleculeCoordinator:
             molecule_id=mid, run=run, run_id=os.urandom(4).hex(), initiated_by=initiated_by,
             initiator=initiator, incoming=blocking_sources(molecule.packet_ids, molecule.bonds),
             accepted=asyncio.get_running_loop().create_future(), ack_kind=ack_kind,
+            owner=principal_of(by).id,
         )  # fmt: skip
         held = self.holds.executing(mid)
         if held is not None:  # run where the capacity is held (§7.3 phase 2)
@@ -677,6 +708,7 @@ class MoleculeCoordinator:
         self._unwritten.pop(mid, None)  # the new run's row replaces the old one
         self.active[mid] = state
         journal.begin(mid, state.run_id, run.snapshot(), state.meta(), now)
+        self._owned(mid, by)
         # The acknowledgement goes first, then the packets the start issues.
         self._after_commit(functools.partial(self._acknowledge, state))
         self._event(state, JournalEvent("molecule_started", None, now), run.start(now), now)
@@ -1612,7 +1644,10 @@ class MoleculeCoordinator:
             incoming=blocking_sources(run.molecule.packet_ids, run.molecule.bonds),
             locality=dict(meta.get("locality") or {}),
             optimized=_optimized(meta.get("optimized")),
+            owner=meta.get("owner") if isinstance(meta.get("owner"), str) else None,
         )  # fmt: skip
+        if state.owner is not None:  # this run's owner, whoever ran the id before
+            self.gateway.guard.own("molecule", state.molecule_id, state.owner)
         for pid, track in run.snapshot()["packets"].items():
             if isinstance(track.get("reactor_id"), str):
                 state.reactor_of[pid] = track["reactor_id"]
@@ -1757,8 +1792,8 @@ class MoleculeCoordinator:
                 raise invalid_field(_join(path, "coordination_type"), '"initiate"', repr(kind),
                                     "enum")  # fmt: skip
             state = self.initiate(value, path=path, initiator=None,
-                                  initiated_by=correlation or new_message_id())  # fmt: skip
-            self._owned(state.molecule_id, _HttpWho(request))
+                                  initiated_by=correlation or new_message_id(),
+                                  by=_HttpWho(request))  # fmt: skip
             assert state.accepted is not None
             await asyncio.shield(state.accepted)
         except PacketFlowError as err:
@@ -1795,6 +1830,7 @@ class MoleculeCoordinator:
 
     async def _http_get(self, request: web.Request) -> web.Response:
         mid = request.match_info["molecule_id"]
+        await self._learn_owner_async(request, mid)
         if (denied := self._http_denied(request, "status", mid)) is not None:
             return denied
         try:
@@ -1817,6 +1853,7 @@ class MoleculeCoordinator:
 
     async def _http_delete(self, request: web.Request) -> web.Response:
         mid = request.match_info["molecule_id"]
+        await self._learn_owner_async(request, mid)
         if (denied := self._http_denied(request, "abort", mid)) is not None:
             return denied
         try:

@@ -414,9 +414,9 @@ class Guard:
 
     # ------------------------------------------------------------ ownership
 
-    def own(self, kind: str, resource_id: str, principal: Principal) -> None:
+    def own(self, kind: str, resource_id: str, principal_id: str) -> None:
         key = (kind, resource_id)
-        self._owners[key] = principal.id
+        self._owners[key] = principal_id
         self._owners.move_to_end(key)
         if len(self._owners) > MAX_OWNED:
             self._owners.popitem(last=False)
