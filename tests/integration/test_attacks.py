@@ -43,7 +43,7 @@ def post(
     content_type: str = "application/json",
     method: str = "POST",
 ) -> tuple[int, Any]:
-    data = json.dumps(body).encode()
+    data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(node.http + path, data=data, method=method,
                                      headers={"Content-Type": content_type, **headers})  # fmt: skip
     try:
@@ -205,12 +205,7 @@ async def test_files_molecules_events_and_reactors_stay_out_of_reach(
 
 
 def get(node: Node, path: str, headers: dict[str, str]) -> tuple[int, Any]:
-    request = urllib.request.Request(node.http + path, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
+    return post(node, path, None, headers, method="GET")
 
 
 def test_a_molecule_stays_its_owners_after_the_gateway_restarts(cluster: Cluster) -> None:
