@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 import packetflow
@@ -370,7 +371,8 @@ def test_a_molecule_running_on_a_cannot_be_started_again_through_b(nc: NatsClust
 
 def test_a_users_molecule_run_on_a_is_theirs_to_read_on_b(nc: NatsCluster) -> None:
     """DESIGN §8 across gateways: B learns who started a molecule from the shared
-    journal, so the owner reads it through B and another user does not."""
+    journal, so the owner reads it through B (HTTP and a COORDINATE status over /ws) and
+    another user does not."""
     alice, mallory = new_key(nc.a, "packet_user"), new_key(nc.a, "packet_user")
     for key in (alice, mallory):
         wait_for(lambda k=key: known(nc.a, k) and known(nc.b, k), 10,  # type: ignore[misc]
@@ -385,6 +387,17 @@ def test_a_users_molecule_run_on_a_is_theirs_to_read_on_b(nc: NatsCluster) -> No
     assert status == 200 and body["status"] == "success", body
     status, body = get(nc.b, f"/v1/molecules/{m}", {API_KEY_HEADER: mallory})
     assert status in (403, 404), body
+
+    async def ws_status(key: str) -> dict[str, Any]:  # COORDINATE status over B's /ws
+        async with packetflow.connect(nc.b.url, api_key=key) as pf:
+            reply = await anext(pf.coordinate({"coordination_type": "status", "molecule_id": m}))
+            return dict(msgspec.to_builtins(reply.payload))
+
+    answer = asyncio.run(ws_status(alice))
+    assert (answer["coordination_type"], answer["status"]) == ("status", "success"), answer
+    with pytest.raises(PacketFlowError) as denied:
+        asyncio.run(ws_status(mallory))
+    assert denied.value.code == "PF403"
 
 
 def test_sigkill_a_gateway_and_its_molecules_finish_on_the_other(nc: NatsCluster) -> None:

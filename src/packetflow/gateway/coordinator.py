@@ -413,14 +413,49 @@ class MoleculeCoordinator:
 
     def on_message(self, peer: Peer, msg: Coordinate) -> None:
         """One COORDINATE from a client: every path ends in at least one answer."""
+        mid = msg.payload.molecule_id
+        if (
+            msg.payload.coordination_type in ("status", "progress")
+            and mid
+            and self._async_journal is not None
+            and mid not in self.active
+            and mid not in self.finished
+        ):
+            # Another gateway of the cluster runs (or ran) it: read its journal entry
+            # first, for its owner and its state (HTTP GET does the same).
+            task = asyncio.get_running_loop().create_task(self._on_shared(peer, msg, mid))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        self._on_message(peer, msg)
+
+    async def _on_shared(self, peer: Peer, msg: Coordinate, molecule_id: str) -> None:
+        stored = await self._load_shared(molecule_id)
+        self._learn_owner(molecule_id, stored)
+        self._on_message(peer, msg, stored)
+
+    async def _load_shared(self, molecule_id: str) -> StoredMolecule | None:
+        """A molecule's entry in the shared (NATS) journal, whichever gateway wrote it."""
+        journal = self._async_journal
+        if journal is None:
+            return None
+        try:
+            return await journal.load_async(molecule_id)
+        except JournalError as exc:
+            log.error("%s", exc)
+            return None
+
+    def _on_message(
+        self, peer: Peer, msg: Coordinate, stored: StoredMolecule | None = None
+    ) -> None:
         kind = msg.payload.coordination_type
         handlers: dict[str, Callable[[Peer, Coordinate], None]] = {
             "initiate": self._ws_initiate,
             "validate": self._ws_validate,
             "reserve": self._ws_reserve,
             "execute": self._ws_execute,
-            "progress": self._ws_status,
-            "status": self._ws_status,
+            "progress": functools.partial(self._ws_status, stored=stored),
+            "status": functools.partial(self._ws_status, stored=stored),
             "abort": self._ws_abort,
             "optimize": self._ws_optimize,
         }
@@ -474,9 +509,14 @@ class MoleculeCoordinator:
         self.initiate(obj, path="payload", initiator=initiator, initiated_by=msg.message_id,
                       by=peer)  # fmt: skip
 
-    def _ws_status(self, peer: Peer, msg: Coordinate) -> None:
+    def _ws_status(self, peer: Peer, msg: Coordinate, stored: StoredMolecule | None = None) -> None:
         mid = _required_id(msg.payload.molecule_id, "payload.molecule_id")
-        payload = self.status(mid, path="payload.molecule_id")
+        try:
+            payload = self.status(mid, path="payload.molecule_id")
+        except UnknownMolecule:
+            if stored is None:  # read from another gateway's journal entry (on_message)
+                raise
+            payload = self._describe_stored(stored)
         payload["coordination_type"] = msg.payload.coordination_type
         self._send(peer, payload, msg.message_id, msg.source_id)
 
@@ -516,13 +556,7 @@ class MoleculeCoordinator:
             return  # an admin reads and aborts any molecule
         if self.gateway.guard.owner_of("molecule", molecule_id) is not None:
             return
-        stored = self._stored(molecule_id)
-        journal = self._async_journal
-        if stored is None and journal is not None:
-            try:
-                stored = await journal.load_async(molecule_id)
-            except JournalError as exc:
-                log.error("%s", exc)
+        stored = self._stored(molecule_id) or await self._load_shared(molecule_id)
         self._learn_owner(molecule_id, stored)
 
     def _http_denied(self, request: web.Request, kind: str,
@@ -1837,13 +1871,7 @@ class MoleculeCoordinator:
             payload = self.status(request.match_info["molecule_id"], path="molecule_id")
         except UnknownMolecule as err:
             # Cluster mode: another gateway runs (or ran) it; the shared journal knows.
-            journal = self._async_journal
-            stored = None
-            if journal is not None:
-                try:
-                    stored = await journal.load_async(mid)
-                except JournalError as exc:
-                    log.error("%s", exc)
+            stored = await self._load_shared(mid)
             if stored is None:
                 return self._http_error(err)
             payload = self._describe_stored(stored)
