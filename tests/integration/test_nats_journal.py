@@ -107,3 +107,4 @@ async def test_a_molecule_finishing_while_its_running_state_commits_is_not_lost(
     assert not await _open_entry(journal, mid)
     assert mid not in journal.docs  # a finished molecule leaves memory
     assert journal.claimed_by(mid) is None  # at once: its id may be started again
+    assert journal.coordinator.abandoned == []  # no write lost the molecule's ownership

@@ -999,3 +999,42 @@ async def test_4_2_2_packets_changed_by_an_applied_optimization_say_so(
     assert "optimizations" not in gateway.find("slow").packet.metadata
     assert coordinator.history.optimizations == 1
     assert coordinator.active["m107"].meta()["optimized"]["ping"]
+
+
+class BlockedSharedJournal:
+    """Another gateway's journal entries (cluster mode), read only once ``open`` is set."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.reads = 0
+
+    async def load_async(self, molecule_id: str) -> None:
+        self.reads += 1
+        await self.open.wait()
+        return None
+
+
+async def test_reads_of_the_shared_journal_are_capped_then_answered(
+    env: tuple[MoleculeCoordinator, FakeGateway],
+) -> None:
+    """Cluster mode: a status for a molecule held elsewhere reads its shared journal entry
+    first; past MAX_SHARED_READS at once a request gets PF004 at once instead of one more
+    task and read. Every other request is answered once the reads return."""
+    coordinator, _ = env
+    shared = BlockedSharedJournal()
+    coordinator._async_journal = cast(Any, shared)
+    cap = coord.MAX_SHARED_READS
+    peers = [
+        send(coordinator, coordinate({"coordination_type": "status", "molecule_id": f"m{i}"}))
+        for i in range(cap + 1)
+    ]
+    await settle()
+    assert shared.reads == cap
+    assert [p.frames for p in peers[:cap]] == [[]] * cap  # waiting on their reads
+    (refused,) = peers[cap].frames
+    assert refused["payload"]["error_code"] == "PF004"
+    assert refused["payload"]["error_details"]["limit"] == cap
+    shared.open.set()
+    await poll(lambda: all(p.frames for p in peers[:cap]), "every read to be answered")
+    assert {p.frames[0]["payload"]["error_code"] for p in peers[:cap]} == {"PF002"}
+    assert coordinator._shared_reads == 0

@@ -190,6 +190,11 @@ DISPATCH_COMMIT_DELAY_S: Final = 0.01
 # What a molecule stopped by a journal failure tells its initiator to wait (PF503): about
 # one §10.3.1 initial backoff, the time a locked or full disk may take to be cleared.
 JOURNAL_RETRY_DELAY_MS: Final = 1000
+# COORDINATE kinds about one existing molecule: read (or abort) it, checked against its owner.
+_ABOUT_ONE: Final = ("status", "progress", "abort")
+# Reads of other gateways' journal entries under way at once (cluster mode, /ws); past it
+# a request gets PF004, so a client sending thousands cannot pile up tasks and NATS reads.
+MAX_SHARED_READS: Final = 256
 # Progress rate limit for large molecules (see the module docstring).
 PROGRESS_FULL_RATE_MAX_PACKETS: Final = 100
 PROGRESS_MIN_INTERVAL_S: Final = 0.05
@@ -336,6 +341,7 @@ class MoleculeCoordinator:
         self._stopped = False
         self.holds = Reservations(gateway)  # §7.3 phase 2 (gateway/reservations.py)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._shared_reads = 0  # _on_shared tasks under way (MAX_SHARED_READS)
         self._committing = False  # an AsyncJournal commit is under way
         self._flush_again = False  # ... and more was buffered meanwhile
 
@@ -415,14 +421,21 @@ class MoleculeCoordinator:
         """One COORDINATE from a client: every path ends in at least one answer."""
         mid = msg.payload.molecule_id
         if (
-            msg.payload.coordination_type in ("status", "progress")
+            msg.payload.coordination_type in _ABOUT_ONE
             and mid
             and self._async_journal is not None
-            and mid not in self.active
-            and mid not in self.finished
+            and not self._runs_here(mid)
         ):
             # Another gateway of the cluster runs (or ran) it: read its journal entry
-            # first, for its owner and its state (HTTP GET does the same).
+            # first, for its owner and its state (HTTP does the same).
+            if self._shared_reads >= MAX_SHARED_READS:
+                self._ws_error(peer, msg, Overloaded(
+                    f"{self._shared_reads} reads of the cluster's molecule journal are under "
+                    "way; retry later", retry_delay_ms=JOURNAL_RETRY_DELAY_MS,
+                    details={"limit": MAX_SHARED_READS},
+                ))  # fmt: skip
+                return
+            self._shared_reads += 1
             task = asyncio.get_running_loop().create_task(self._on_shared(peer, msg, mid))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -430,9 +443,24 @@ class MoleculeCoordinator:
         self._on_message(peer, msg)
 
     async def _on_shared(self, peer: Peer, msg: Coordinate, molecule_id: str) -> None:
-        stored = await self._load_shared(molecule_id)
-        self._learn_owner(molecule_id, stored)
+        try:
+            stored = await self._entry_for(molecule_id)
+        finally:
+            self._shared_reads -= 1
         self._on_message(peer, msg, stored)
+
+    def _runs_here(self, molecule_id: str) -> bool:
+        return molecule_id in self.active or molecule_id in self.finished
+
+    async def _entry_for(self, molecule_id: str) -> StoredMolecule | None:
+        """The journal entry of a molecule this process does not hold (it restarted, or
+        another gateway runs or ran it), read once, its owner learned from it; None when
+        it is held here or nowhere."""
+        if self._runs_here(molecule_id):
+            return None
+        stored = self._stored(molecule_id) or await self._load_shared(molecule_id)
+        self._learn_owner(molecule_id, stored)
+        return stored
 
     async def _load_shared(self, molecule_id: str) -> StoredMolecule | None:
         """A molecule's entry in the shared (NATS) journal, whichever gateway wrote it."""
@@ -464,8 +492,8 @@ class MoleculeCoordinator:
             principal = principal_of(peer)
             if principal is not GATEWAY:
                 mid = msg.payload.molecule_id
-                if kind in ("status", "progress", "abort") and mid and not principal.is_admin:
-                    self._learn_owner(mid)
+                if stored is None and kind in _ABOUT_ONE and mid and not self._runs_here(mid):
+                    self._learn_owner(mid, self._stored(mid))  # e.g. after a restart
                 denied = self.gateway.guard.check_coordinate(
                     principal, peer, kind, msg.payload.molecule_id, time.monotonic()
                 )
@@ -511,12 +539,7 @@ class MoleculeCoordinator:
 
     def _ws_status(self, peer: Peer, msg: Coordinate, stored: StoredMolecule | None = None) -> None:
         mid = _required_id(msg.payload.molecule_id, "payload.molecule_id")
-        try:
-            payload = self.status(mid, path="payload.molecule_id")
-        except UnknownMolecule:
-            if stored is None:  # read from another gateway's journal entry (on_message)
-                raise
-            payload = self._describe_stored(stored)
+        payload = self._status_of(mid, stored, path="payload.molecule_id")
         payload["coordination_type"] = msg.payload.coordination_type
         self._send(peer, payload, msg.message_id, msg.source_id)
 
@@ -539,25 +562,13 @@ class MoleculeCoordinator:
         self.gateway.guard.own("molecule", molecule_id, principal.id)
         self.gateway.guard.molecule_event(principal, target, "molecule_start", molecule_id)
 
-    def _learn_owner(self, molecule_id: str, stored: StoredMolecule | None = None) -> None:
+    def _learn_owner(self, molecule_id: str, stored: StoredMolecule | None) -> None:
         """Before a read or abort of a molecule this gateway did not start in this process
         (it restarted, or another gateway ran it): its owner comes from the journal."""
-        guard = self.gateway.guard
-        if guard.owner_of("molecule", molecule_id) is not None:
-            return
-        stored = stored or self._stored(molecule_id)
         owner = None if stored is None else stored.meta.get("owner")
-        if isinstance(owner, str):
+        guard = self.gateway.guard
+        if isinstance(owner, str) and guard.owner_of("molecule", molecule_id) is None:
             guard.own("molecule", molecule_id, owner)
-
-    async def _learn_owner_async(self, request: web.Request, molecule_id: str) -> None:
-        """``_learn_owner``, also from another gateway's journal entry (cluster mode)."""
-        if request_principal(request).is_admin:
-            return  # an admin reads and aborts any molecule
-        if self.gateway.guard.owner_of("molecule", molecule_id) is not None:
-            return
-        stored = self._stored(molecule_id) or await self._load_shared(molecule_id)
-        self._learn_owner(molecule_id, stored)
 
     def _http_denied(self, request: web.Request, kind: str,
                      molecule_id: str | None) -> web.Response | None:  # fmt: skip
@@ -774,6 +785,15 @@ class MoleculeCoordinator:
             payload["execution_plan"] = execution_plan(state.run.molecule)
             self._push(state, payload)
             state.acknowledged = True
+
+    def _status_of(
+        self, molecule_id: str, stored: StoredMolecule | None, *, path: str
+    ) -> dict[str, Any]:
+        """``status``, or the journal entry ``_entry_for`` read already: a finished one, or
+        in cluster mode any (another gateway runs it)."""
+        if stored is not None and (stored.status is not None or self._async_journal is not None):
+            return self._describe_stored(stored)
+        return self.status(molecule_id, path=path)
 
     def status(self, molecule_id: str, *, path: str) -> dict[str, Any]:
         """The molecule's state as a COORDINATE payload (``status``; ``complete``/``abort``
@@ -1864,24 +1884,18 @@ class MoleculeCoordinator:
 
     async def _http_get(self, request: web.Request) -> web.Response:
         mid = request.match_info["molecule_id"]
-        await self._learn_owner_async(request, mid)
+        stored = await self._entry_for(mid)
         if (denied := self._http_denied(request, "status", mid)) is not None:
             return denied
         try:
-            payload = self.status(request.match_info["molecule_id"], path="molecule_id")
-        except UnknownMolecule as err:
-            # Cluster mode: another gateway runs (or ran) it; the shared journal knows.
-            stored = await self._load_shared(mid)
-            if stored is None:
-                return self._http_error(err)
-            payload = self._describe_stored(stored)
+            payload = self._status_of(mid, stored, path="molecule_id")
         except PacketFlowError as err:
             return self._http_error(err)
         return view_response(as_view(payload, MoleculeStatus))
 
     async def _http_delete(self, request: web.Request) -> web.Response:
         mid = request.match_info["molecule_id"]
-        await self._learn_owner_async(request, mid)
+        await self._entry_for(mid)  # its owner, when this process does not hold it
         if (denied := self._http_denied(request, "abort", mid)) is not None:
             return denied
         try:
