@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from msgspec import Raw
 
 from packetflow.protocol.jsonscan import json_depth, non_finite_path, within_depth
 
@@ -57,3 +58,14 @@ def test_depth_of_100000_levels_needs_no_recursion() -> None:
 )
 def test_non_finite_path_names_the_first_one(raw: bytes, path: str | None) -> None:
     assert non_finite_path(raw, "data") == path
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5, 128])
+def test_json_just_long_enough_to_be_too_deep_is_found(limit: int) -> None:
+    """Short JSON is passed without a look: nesting limit + 1 deep takes 2 * (limit + 1)
+    bytes, and JSON of exactly that length (or a Raw batch element) is still refused."""
+    raw = b"[" * (limit + 1) + b"]" * (limit + 1)
+    assert not within_depth(raw, limit)
+    assert not within_depth(Raw(raw), limit)
+    assert within_depth(raw[1:-1], limit)
+    assert within_depth(Raw(raw[1:-1]), limit)

@@ -9,19 +9,26 @@ import math
 from itertools import accumulate
 from typing import Any, Final
 
+from msgspec import Raw
+
 _KEEP: Final = b'"[]{}'
 _DROP: Final = bytes(sorted(set(range(256)) - set(_KEEP)))
 _OPEN_CLOSE: Final = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 
 
-def within_depth(raw: bytes, limit: int) -> bool:
+def within_depth(raw: bytes | Raw, limit: int) -> bool:
     """Whether ``raw`` nests arrays and objects at most ``limit`` deep.
 
-    A frame with at most ``limit`` opening brackets cannot be deeper: one count, in C,
-    and the answer for any normal envelope. Otherwise the exact depth is computed."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:
+    Nesting ``limit + 1`` deep takes that many opening and closing brackets, so shorter
+    JSON needs no look (nor a Raw its copy). A frame with at most ``limit`` opening
+    brackets cannot be deeper either: two counts, in C, and the answer for any normal
+    envelope. Otherwise the exact depth is computed."""
+    if len(raw) <= 2 * limit + 1:
         return True
-    return json_depth(raw) <= limit
+    data = bytes(raw)  # the same object when it is bytes already
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return True
+    return json_depth(data) <= limit
 
 
 def json_depth(raw: bytes) -> int:

@@ -769,7 +769,7 @@ def decode_data(raw: bytes | Raw, path: str = "payload.packet.data") -> Any:
 
 def _decode_or_error(raw: bytes | Raw) -> Decoded:
     try:
-        if isinstance(raw, Raw) and not within_depth(bytes(raw), MAX_JSON_DEPTH):
+        if isinstance(raw, Raw) and not within_depth(raw, MAX_JSON_DEPTH):
             raise _too_deep()
         return decode_one(raw)
     except PacketFlowError as err:
