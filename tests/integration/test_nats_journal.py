@@ -25,9 +25,13 @@ class Coordinator:
     def __init__(self) -> None:
         self.active: dict[str, Any] = {}
         self.abandoned: list[str] = []
+        self.refused: list[tuple[str, str]] = []
 
     def abandon(self, molecule_id: str, reason: str) -> None:
         self.abandoned.append(molecule_id)
+
+    def refuse_start(self, molecule_id: str, gateway_id: str) -> None:
+        self.refused.append((molecule_id, gateway_id))
 
     def adopt(self, stored: Any) -> None:
         raise AssertionError("no other gateway's molecule to adopt here")
@@ -43,19 +47,32 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     nats.stop()
 
 
-@pytest.fixture
-async def journal(server: NatsServer) -> AsyncIterator[NatsJournal]:
+async def _journal(server: NatsServer, gateway_id: str) -> NatsJournal:
     import nats
 
-    cluster = NatsCluster(GatewayConfig(gateway_id="gateway-j", cluster_url=server.url))
+    cluster = NatsCluster(GatewayConfig(gateway_id=gateway_id, cluster_url=server.url))
     cluster.nc = await nats.connect(server.url)
     cluster.js = cluster.nc.jetstream(timeout=2.0)
     cluster.connected = True
     coordinator: Any = Coordinator()
     journal = NatsJournal(cluster, coordinator, lease_s=5.0)
     await journal.open_async()
+    return journal
+
+
+@pytest.fixture
+async def journal(server: NatsServer) -> AsyncIterator[NatsJournal]:
+    journal = await _journal(server, "gateway-j")
     yield journal
-    await cluster.stop()
+    await journal.cluster.stop()
+
+
+@pytest.fixture
+async def other(server: NatsServer) -> AsyncIterator[NatsJournal]:
+    """A second gateway's journal on the same NATS server."""
+    journal = await _journal(server, "gateway-k")
+    yield journal
+    await journal.cluster.stop()
 
 
 async def _open_entry(journal: NatsJournal, molecule_id: str) -> bool:
@@ -108,3 +125,45 @@ async def test_a_molecule_finishing_while_its_running_state_commits_is_not_lost(
     assert mid not in journal.docs  # a finished molecule leaves memory
     assert journal.claimed_by(mid) is None  # at once: its id may be started again
     assert journal.coordinator.abandoned == []  # no write lost the molecule's ownership
+
+
+async def test_a_start_of_an_id_another_gateway_runs_is_refused_at_its_first_commit(
+    journal: NatsJournal, other: NatsJournal
+) -> None:
+    """Seen in CI: gateway k's view of the claims had not caught up with j's start of the
+    same id, so k's start passed the coordinator's check; its first commit then replaced
+    j's document and claim, j lost its run and k ran the finished packets again. Now the
+    new run's claim is a compare-and-set made before its document: k's start is refused
+    and j's entry is untouched. Once j's run finished, k may run the id."""
+    mid = "twice-1"
+    journal.begin(mid, "run-j", {"stage": 0}, {"owner": "user-j"}, now=1.0)
+    journal.stage()
+    await journal.commit_async()
+
+    # k's coordinator never asked claimed_by: as if the claim were still on its way.
+    other.begin(mid, "run-k", {"stage": 0}, {"owner": "user-k"}, now=2.0)
+    other.stage()
+    await other.commit_async()
+    assert other.coordinator.refused == [(mid, "gateway-j")]
+    assert mid not in other.docs
+    stored = await journal.load_async(mid)
+    assert stored is not None and stored.run_token == "run-j", stored
+    assert stored.meta["owner"] == "user-j"
+    entry = await journal.kv.get(f"open.{kv_key(mid)}")
+    assert b'"owner": "gateway-j"' in entry.value
+    journal.checkpoint(mid, {"stage": 1}, now=3.0)  # j's run goes on writing
+    journal.stage()
+    await journal.commit_async()
+    assert journal.coordinator.abandoned == []
+
+    journal.finish(mid, "success", {"stage": 2}, now=4.0)
+    journal.stage()
+    await journal.commit_async()
+    other.begin(mid, "run-k2", {"stage": 0}, {"owner": "user-k"}, now=5.0)
+    other.stage()
+    await other.commit_async()
+    assert other.coordinator.refused == [(mid, "gateway-j")]  # no second refusal
+    stored = await other.load_async(mid)
+    assert stored is not None and stored.run_token == "run-k2" and stored.status is None
+    entry = await other.kv.get(f"open.{kv_key(mid)}")
+    assert b'"owner": "gateway-k"' in entry.value

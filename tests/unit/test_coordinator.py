@@ -1038,3 +1038,31 @@ async def test_reads_of_the_shared_journal_are_capped_then_answered(
     await poll(lambda: all(p.frames for p in peers[:cap]), "every read to be answered")
     assert {p.frames[0]["payload"]["error_code"] for p in peers[:cap]} == {"PF002"}
     assert coordinator._shared_reads == 0
+
+
+async def test_a_start_the_shared_journal_finds_claimed_elsewhere_is_refused_unrun(
+    env: tuple[MoleculeCoordinator, FakeGateway],
+) -> None:
+    """Cluster mode: another gateway's claim of the id reached the shared journal before
+    this gateway's view of the claims, so initiate let the start through; the journal's
+    first commit of it refuses it (NatsJournal._claim). Its initiator gets the PF002
+    unique_running initiate would have given, naming that gateway; nothing of the molecule
+    runs or is acknowledged, and its owner is not recorded."""
+    coordinator, gateway = env
+    peer = send(coordinator, initiate("m-twice", [pk("a"), pk("b")]))
+    coordinator.refuse_start("m-twice", "gateway-x")  # during the commit, as _claim does
+    await settle()
+    assert gateway.sent == []
+    (frame,) = peer.frames
+    details = frame["payload"]["error_details"]
+    assert frame["payload"]["error_code"] == "PF002"
+    assert details["validation_rule"] == "unique_running"
+    assert details["field"] == "payload.molecule_id"
+    assert details["gateway_id"] == "gateway-x"
+    assert "running on gateway gateway-x" in frame["payload"]["error_message"]
+    assert "m-twice" not in coordinator.active
+    assert gateway.guard.owner_of("molecule", "m-twice") is None
+    coordinator.refuse_start("m-twice", "gateway-x")  # nothing left to refuse
+    peer = send(coordinator, initiate("m-twice", [pk("a")]))  # the id is free here again
+    await settle()
+    assert peer.frames[0]["payload"]["coordination_type"] == "initiate", peer.frames[0]

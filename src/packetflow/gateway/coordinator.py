@@ -302,6 +302,7 @@ class _Molecule:
     resume_task: asyncio.Task[None] | None = None
     ack_kind: str = "initiate"  # `execute` (§7.3 phase 3) acknowledges as itself
     owner: str | None = None  # the principal that started it (DESIGN §8)
+    id_field: str = "molecule_id"  # where the start's request named it, for errors after
 
     def meta(self) -> dict[str, Any]:
         return {"initiated_by": self.initiated_by, "locality": self.locality,
@@ -719,15 +720,7 @@ class MoleculeCoordinator:
         if mid in self.active or elsewhere is not None:
             # Across gateways too: a second run of an id running elsewhere would replace
             # that run's journal entry and run its finished packets again.
-            where = "" if elsewhere is None else f" on gateway {elsewhere}"
-            there = "" if elsewhere is None else " there"
-            raise MoleculeRunning(
-                f"Molecule {mid!r} is already running{where}; abort it{there} or use "
-                "another molecule_id",
-                field=_join(path, "molecule_id"), expected_type="an id not running",
-                received_type=repr(mid), validation_rule="unique_running",
-                details={"molecule_id": mid, "gateway_id": elsewhere or self.gateway.gateway_id},
-            )  # fmt: skip
+            raise self._running(mid, _join(path, "molecule_id"), elsewhere)
         if len(self.active) >= MAX_ACTIVE_MOLECULES:
             raise Overloaded(f"{len(self.active)} molecules are running; retry later",
                              retry_delay_ms=1000)  # fmt: skip
@@ -744,7 +737,7 @@ class MoleculeCoordinator:
             molecule_id=mid, run=run, run_id=os.urandom(4).hex(), initiated_by=initiated_by,
             initiator=initiator, incoming=blocking_sources(molecule.packet_ids, molecule.bonds),
             accepted=asyncio.get_running_loop().create_future(), ack_kind=ack_kind,
-            owner=principal_of(by).id,
+            owner=principal_of(by).id, id_field=_join(path, "molecule_id"),
         )  # fmt: skip
         held = self.holds.executing(mid)
         if held is not None:  # run where the capacity is held (§7.3 phase 2)
@@ -758,6 +751,40 @@ class MoleculeCoordinator:
         self._after_commit(functools.partial(self._acknowledge, state))
         self._event(state, JournalEvent("molecule_started", None, now), run.start(now), now)
         return state
+
+    def _running(self, mid: str, field: str, elsewhere: str | None) -> MoleculeRunning:
+        """``mid`` names a run under way, here or on gateway ``elsewhere``."""
+        where = "" if elsewhere is None else f" on gateway {elsewhere}"
+        there = "" if elsewhere is None else " there"
+        return MoleculeRunning(
+            f"Molecule {mid!r} is already running{where}; abort it{there} or use another "
+            "molecule_id",
+            field=field, expected_type="an id not running", received_type=repr(mid),
+            validation_rule="unique_running",
+            details={"molecule_id": mid, "gateway_id": elsewhere or self.gateway.gateway_id},
+        )  # fmt: skip
+
+    def refuse_start(self, molecule_id: str, gateway_id: str) -> None:
+        """The shared journal found ``molecule_id`` claimed by ``gateway_id`` when this
+        gateway's start of it was first committed: that claim had not reached this
+        gateway's view when ``initiate`` checked. The start is refused as initiate would
+        have refused it (PF002 unique_running, HTTP 409); nothing of it ran."""
+        state = self.active.get(molecule_id)
+        if state is None or state.accepted is None or state.accepted.done():
+            return  # only a start not yet acknowledged can be refused
+        del self.active[molecule_id]
+        log.info("molecule %s: not started, gateway %s runs it", molecule_id, gateway_id)
+        state.rejected = True
+        self._cancel_timers(state)
+        self.holds.release(molecule_id, "not started")
+        self.gateway.guard.disown("molecule", molecule_id)
+        err = self._running(molecule_id, state.id_field, gateway_id)
+        if state.initiator is not None:  # over /ws, told here: nobody awaits `accepted`
+            init, state.initiator = state.initiator, None
+            self.gateway.answer_error(init.sink, err, init.message_id, None, init.source_id)
+            state.accepted.cancel()
+        else:
+            state.accepted.set_exception(err)
 
     def _acknowledge(self, state: _Molecule, durable: bool) -> None:
         if not durable:

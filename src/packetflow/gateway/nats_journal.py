@@ -9,7 +9,10 @@ Layout, in the KV bucket ``pf_molecules``:
   read, so a gateway that lost the molecule (its lease lapsed and another took it over)
   can no longer write it: it is told (``coordinator.abandon``) and stops running it.
 - ``open.<id>``: ``{molecule_id, owner}`` while the molecule is unfinished. Every gateway
-  watches these small entries, so it knows which molecules exist and who owns them.
+  watches these small entries, so it knows which molecules exist and who owns them. A
+  new run creates its claim (compare-and-set) before its first document: a start of an
+  id another gateway runs, which this gateway's view of the claims had not caught up
+  with, is refused there (``coordinator.refuse_start``) and overwrites nothing.
 
 and in ``pf_gateways``: ``<gateway id>``, rewritten by each gateway every
 ``lease.renew_every(lease_s)``. protocol/lease.py decides, from when this gateway last saw
@@ -124,9 +127,8 @@ class NatsJournal:
                 log.info("releasing the lease failed: %s", exc)
 
     def claimed_by(self, molecule_id: str) -> str | None:
-        # From the watch of the claims: a start through another gateway within the few
-        # milliseconds a claim takes to arrive here is not caught (then the later start
-        # wins and the earlier one's initiator hears that its run moved: _ownership_lost).
+        # From the watch of the claims, with no round trip: a claim still on its way here
+        # is caught by the new run's first commit instead (_claim).
         claim = self.owners.get(molecule_id)
         return None if claim is None else (claim[0] or "an unknown gateway")
 
@@ -199,6 +201,8 @@ class NatsJournal:
 
         key = f"doc.{kv_key(mid)}"
         rev = self.revs.get(mid)
+        if rev is None and not finished and not await self._claim(mid):
+            return
         try:
             if rev is None:
                 self.revs[mid] = await self.kv.put(key, value)
@@ -207,15 +211,39 @@ class NatsJournal:
         except KeyWrongLastSequenceError:
             self._ownership_lost(mid)
             return
-        if rev is None and not finished:
-            # A new run: claim it. (The claim follows the document, so a claimed molecule
-            # always has one to resume from.)
-            body = json.dumps({"molecule_id": mid, "owner": self.me}).encode()
-            await self.kv.put(f"open.{kv_key(mid)}", body)
         if finished:
             await self.kv.delete(f"open.{kv_key(mid)}")
             self.owners.pop(mid, None)  # at once: its initiator may start it again next
             self._forget(mid)
+
+    async def _claim(self, mid: str) -> bool:
+        """Claim a new run of ``mid`` before its first document is written; False (and the
+        start refused) when another gateway's unfinished run holds the claim. A gateway
+        that dies between the two writes leaves a claim with no document, which whoever
+        takes it over drops (``_take_over_lapsed``)."""
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        claim = f"open.{kv_key(mid)}"
+        body = json.dumps({"molecule_id": mid, "owner": self.me}).encode()
+        for _ in range(2):  # a claim that goes away between the two calls: try again
+            try:
+                await self.kv.create(claim, body)
+                return True
+            except KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await self.kv.get(claim)
+            except KeyNotFoundError:
+                continue
+            holder = json.loads(entry.value).get("owner")
+            if holder == self.me:  # its own claim, from before a restart
+                await self.kv.update(claim, body, last=entry.revision)
+                return True
+            self._lost.add(mid)
+            self.docs.pop(mid, None)
+            self.coordinator.refuse_start(mid, str(holder or "an unknown gateway"))
+            return False
+        raise JournalError(f"molecule {mid}: its claim in NATS keeps changing")
 
     def _forget(self, mid: str) -> None:
         """A finished molecule leaves memory; the oldest finished documents leave NATS."""

@@ -463,6 +463,10 @@ class Guard:
     def owner_of(self, kind: str, resource_id: str) -> str | None:
         return self._owners.get((kind, resource_id))
 
+    def disown(self, kind: str, resource_id: str) -> None:
+        """Forget who owns a resource (a start that was refused after all)."""
+        self._owners.pop((kind, resource_id), None)
+
     # ------------------------------------------------------------ denials
 
     def deny(
