@@ -17,6 +17,8 @@ from typing import Any, cast
 
 import msgspec
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from packetflow.gateway import coordinator as coord
 from packetflow.gateway.coordinator import MoleculeCoordinator
@@ -41,6 +43,8 @@ from packetflow.protocol.messages import (
 )
 from packetflow.protocol.molecules import parse_molecule
 from packetflow.protocol.optimizer import Observed, suggest
+from packetflow.protocol.principals import PACKET_USER, Principal
+from packetflow.security.gatekeeper import PRINCIPAL_KEY
 from packetflow.security.guard import Guard
 
 from .expect import poll
@@ -1018,8 +1022,8 @@ async def test_reads_of_the_shared_journal_are_capped_then_answered(
     env: tuple[MoleculeCoordinator, FakeGateway],
 ) -> None:
     """Cluster mode: a status for a molecule held elsewhere reads its shared journal entry
-    first; past MAX_SHARED_READS at once a request gets PF004 at once instead of one more
-    task and read. Every other request is answered once the reads return."""
+    first; past MAX_SHARED_READS at once a request gets PF004 instead of one more read.
+    Every other request is answered once the reads return."""
     coordinator, _ = env
     shared = BlockedSharedJournal()
     coordinator._async_journal = cast(Any, shared)
@@ -1037,6 +1041,42 @@ async def test_reads_of_the_shared_journal_are_capped_then_answered(
     shared.open.set()
     await poll(lambda: all(p.frames for p in peers[:cap]), "every read to be answered")
     assert {p.frames[0]["payload"]["error_code"] for p in peers[:cap]} == {"PF002"}
+    assert coordinator._shared_reads == 0
+
+
+async def test_http_reads_of_the_shared_journal_share_the_cap(
+    env: tuple[MoleculeCoordinator, FakeGateway], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET and DELETE /v1/molecules/{id} of a molecule held elsewhere read the shared
+    journal too, under the same MAX_SHARED_READS as /ws: one past it is answered 429
+    PF004 without a read, and the reads under way are answered once they return."""
+    coordinator, _ = env
+    shared = BlockedSharedJournal()
+    coordinator._async_journal = cast(Any, shared)
+    monkeypatch.setattr(coord, "MAX_SHARED_READS", 3)
+    user = Principal("key:alice", frozenset({PACKET_USER}), "api_key")
+
+    @web.middleware
+    async def authenticated(request: web.Request, handler: Any) -> web.StreamResponse:
+        request[PRINCIPAL_KEY] = user
+        return cast(web.StreamResponse, await handler(request))
+
+    app = web.Application(middlewares=[authenticated])
+    coordinator.add_routes(app)
+    async with TestClient(TestServer(app)) as client:
+        reads = [
+            asyncio.create_task(client.request(method, f"/v1/molecules/m{i}"))
+            for i, method in enumerate(("GET", "GET", "DELETE"))
+        ]
+        await poll(lambda: shared.reads == 3, "three reads under way")
+        over = await asyncio.wait_for(client.get("/v1/molecules/m9"), 5)
+        assert over.status == 429
+        assert (await over.json())["payload"]["error_code"] == "PF004"
+        assert shared.reads == 3
+        shared.open.set()
+        answered = await asyncio.gather(*reads)
+        # Each answered as usual once its read returned: unknown, so owned by nobody known.
+        assert [r.status for r in answered] == [403, 403, 403]
     assert coordinator._shared_reads == 0
 
 

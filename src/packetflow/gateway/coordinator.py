@@ -192,8 +192,8 @@ DISPATCH_COMMIT_DELAY_S: Final = 0.01
 JOURNAL_RETRY_DELAY_MS: Final = 1000
 # COORDINATE kinds about one existing molecule: read (or abort) it, checked against its owner.
 _ABOUT_ONE: Final = ("status", "progress", "abort")
-# Reads of other gateways' journal entries under way at once (cluster mode, /ws); past it
-# a request gets PF004, so a client sending thousands cannot pile up tasks and NATS reads.
+# Reads of other gateways' journal entries under way at once (cluster mode, /ws and HTTP);
+# past it a request gets PF004, so clients sending thousands cannot pile up NATS reads.
 MAX_SHARED_READS: Final = 256
 # Progress rate limit for large molecules (see the module docstring).
 PROGRESS_FULL_RATE_MAX_PACKETS: Final = 100
@@ -342,7 +342,7 @@ class MoleculeCoordinator:
         self._stopped = False
         self.holds = Reservations(gateway)  # §7.3 phase 2 (gateway/reservations.py)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._shared_reads = 0  # _on_shared tasks under way (MAX_SHARED_READS)
+        self._shared_reads = 0  # _load_shared reads under way (MAX_SHARED_READS)
         self._committing = False  # an AsyncJournal commit is under way
         self._flush_again = False  # ... and more was buffered meanwhile
 
@@ -429,14 +429,6 @@ class MoleculeCoordinator:
         ):
             # Another gateway of the cluster runs (or ran) it: read its journal entry
             # first, for its owner and its state (HTTP does the same).
-            if self._shared_reads >= MAX_SHARED_READS:
-                self._ws_error(peer, msg, Overloaded(
-                    f"{self._shared_reads} reads of the cluster's molecule journal are under "
-                    "way; retry later", retry_delay_ms=JOURNAL_RETRY_DELAY_MS,
-                    details={"limit": MAX_SHARED_READS},
-                ))  # fmt: skip
-                return
-            self._shared_reads += 1
             task = asyncio.get_running_loop().create_task(self._on_shared(peer, msg, mid))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -446,8 +438,9 @@ class MoleculeCoordinator:
     async def _on_shared(self, peer: Peer, msg: Coordinate, molecule_id: str) -> None:
         try:
             stored = await self._entry_for(molecule_id)
-        finally:
-            self._shared_reads -= 1
+        except PacketFlowError as err:  # PF004 past MAX_SHARED_READS
+            self._ws_error(peer, msg, err)
+            return
         self._on_message(peer, msg, stored)
 
     def _runs_here(self, molecule_id: str) -> bool:
@@ -464,15 +457,25 @@ class MoleculeCoordinator:
         return stored
 
     async def _load_shared(self, molecule_id: str) -> StoredMolecule | None:
-        """A molecule's entry in the shared (NATS) journal, whichever gateway wrote it."""
+        """A molecule's entry in the shared (NATS) journal, whichever gateway wrote it.
+        Raises PF004 when MAX_SHARED_READS are under way already."""
         journal = self._async_journal
         if journal is None:
             return None
+        if self._shared_reads >= MAX_SHARED_READS:
+            raise Overloaded(
+                f"{self._shared_reads} reads of the cluster's molecule journal are under way; "
+                "retry later", retry_delay_ms=JOURNAL_RETRY_DELAY_MS,
+                details={"limit": MAX_SHARED_READS},
+            )  # fmt: skip
+        self._shared_reads += 1
         try:
             return await journal.load_async(molecule_id)
         except JournalError as exc:
             log.error("%s", exc)
             return None
+        finally:
+            self._shared_reads -= 1
 
     def _on_message(
         self, peer: Peer, msg: Coordinate, stored: StoredMolecule | None = None
@@ -772,38 +775,38 @@ class MoleculeCoordinator:
         state = self.active.get(molecule_id)
         if state is None or state.accepted is None or state.accepted.done():
             return  # only a start not yet acknowledged can be refused
-        del self.active[molecule_id]
         log.info("molecule %s: not started, gateway %s runs it", molecule_id, gateway_id)
+        self._not_started(state, self._running(molecule_id, state.id_field, gateway_id))
+
+    def _not_started(self, state: _Molecule, err: PacketFlowError) -> None:
+        """A start ``initiate`` took is refused at its first commit: nothing of it runs,
+        nobody owns it, and its initiator (over /ws) or requester (HTTP) hears ``err``."""
+        mid = state.molecule_id
         state.rejected = True
         self._cancel_timers(state)
-        self.holds.release(molecule_id, "not started")
-        self.gateway.guard.disown("molecule", molecule_id)
-        err = self._running(molecule_id, state.id_field, gateway_id)
-        if state.initiator is not None:  # over /ws, told here: nobody awaits `accepted`
-            init, state.initiator = state.initiator, None
-            self.gateway.answer_error(init.sink, err, init.message_id, None, init.source_id)
-            state.accepted.cancel()
-        else:
-            state.accepted.set_exception(err)
+        self.holds.release(mid, "not started")
+        if self.active.get(mid) is state:
+            del self.active[mid]
+        self.gateway.guard.disown("molecule", mid)
+        told = state.initiator
+        if told is not None:
+            state.initiator = None
+            self.gateway.answer_error(told.sink, err, told.message_id, None, told.source_id)
+        if state.accepted is not None and not state.accepted.done():
+            if told is None:
+                state.accepted.set_exception(err)  # the HTTP request awaits it
+            else:
+                state.accepted.cancel()  # over /ws nobody awaits it
 
     def _acknowledge(self, state: _Molecule, durable: bool) -> None:
         if not durable:
-            state.rejected = True
-            self.holds.release(state.molecule_id, "not started")
-            if self.active.get(state.molecule_id) is state:
-                del self.active[state.molecule_id]
             why = self.journal_failure or "the journal is not open"
-            err = ServiceUnavailable(
+            self._not_started(state, ServiceUnavailable(
                 f"Molecule {state.molecule_id!r} was not started: its journal entry could "
                 f"not be written ({why})", retry_delay_ms=JOURNAL_RETRY_DELAY_MS,
                 details={"reason": "journal_unavailable", "journal_error": why},
                 context={"molecule_id": state.molecule_id},
-            )  # fmt: skip
-            if state.initiator is not None:
-                init = state.initiator
-                self.gateway.answer_error(init.sink, err, init.message_id, None, init.source_id)
-            if state.accepted is not None and not state.accepted.done():
-                state.accepted.set_exception(err)
+            ))  # fmt: skip
             return
         if state.accepted is not None and not state.accepted.done():
             state.accepted.set_result(None)
@@ -1911,10 +1914,10 @@ class MoleculeCoordinator:
 
     async def _http_get(self, request: web.Request) -> web.Response:
         mid = request.match_info["molecule_id"]
-        stored = await self._entry_for(mid)
-        if (denied := self._http_denied(request, "status", mid)) is not None:
-            return denied
         try:
+            stored = await self._entry_for(mid)
+            if (denied := self._http_denied(request, "status", mid)) is not None:
+                return denied
             payload = self._status_of(mid, stored, path="molecule_id")
         except PacketFlowError as err:
             return self._http_error(err)
@@ -1922,10 +1925,10 @@ class MoleculeCoordinator:
 
     async def _http_delete(self, request: web.Request) -> web.Response:
         mid = request.match_info["molecule_id"]
-        await self._entry_for(mid)  # its owner, when this process does not hold it
-        if (denied := self._http_denied(request, "abort", mid)) is not None:
-            return denied
         try:
+            await self._entry_for(mid)  # its owner, when this process does not hold it
+            if (denied := self._http_denied(request, "abort", mid)) is not None:
+                return denied
             state = self.abort(mid, path="molecule_id", reason="aborted over HTTP")
         except PacketFlowError as err:
             return self._http_error(err)

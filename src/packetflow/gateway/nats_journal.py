@@ -239,8 +239,7 @@ class NatsJournal:
             if holder == self.me:  # its own claim, from before a restart
                 await self.kv.update(claim, body, last=entry.revision)
                 return True
-            self._lost.add(mid)
-            self.docs.pop(mid, None)
+            self._let_go(mid)
             self.coordinator.refuse_start(mid, str(holder or "an unknown gateway"))
             return False
         raise JournalError(f"molecule {mid}: its claim in NATS keeps changing")
@@ -261,10 +260,14 @@ class NatsJournal:
             log.info("pruning molecule %s failed: %s", mid, exc)
 
     def _ownership_lost(self, mid: str) -> None:
+        self._let_go(mid)
+        self.coordinator.abandon(mid, "another gateway took it over")
+
+    def _let_go(self, mid: str) -> None:
+        """Another gateway holds ``mid``: nothing more of it is written from here."""
         self._lost.add(mid)
         self.docs.pop(mid, None)
         self.revs.pop(mid, None)
-        self.coordinator.abandon(mid, "another gateway took it over")
 
     # ------------------------------------------------------------------ reads
 
